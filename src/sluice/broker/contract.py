@@ -1,0 +1,182 @@
+"""The broker contract: SQS semantics for durable queues, as a small async Protocol.
+
+Every backend (``sqlite`` embedded, ``redis`` scale-out) implements exactly this and passes one
+contract test suite (``tests/broker/test_contract.py``). Nothing here knows about functions.
+
+Semantics, as in Amazon SQS:
+
+* ``send`` returns only once the messages are durable (committed and fsynced on SQLite; per the
+  configured persistence on Redis). Many concurrent senders share one commit (group commit).
+* ``receive`` hides each returned message for the visibility timeout and increments its receive
+  count *in the broker*. A message whose receive count has reached ``max_receive_count`` is moved
+  to the dead-letter queue on its next receive instead of being returned (reason kept).
+* Each receive yields a fresh receipt handle. ``delete`` and ``change_visibility`` with a receipt
+  from an earlier receive do nothing and report ``False``: a stale receipt never deletes a message
+  that someone else now holds.
+* FIFO queues (name ends in ``.fifo``): messages of one group are delivered in order, and a
+  group's next messages are only handed out once none of its messages is in flight. Deduplication
+  ids (explicit, or the SHA-256 of the body when content-based) suppress a repeated send for
+  five minutes; the duplicate send returns the original message id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+DEFAULT_VISIBILITY_TIMEOUT = 30.0
+MAX_VISIBILITY_TIMEOUT = 12 * 3600.0
+DEFAULT_RETENTION = 4 * 24 * 3600.0
+MIN_RETENTION = 60.0
+MAX_RETENTION = 14 * 24 * 3600.0
+MAX_DELAY = 900.0
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024
+MAX_RECEIVE_BATCH = 10_000
+MAX_WAIT = 20.0
+DEDUP_WINDOW = 300.0
+
+# A message attribute as SQS shapes it: {"DataType": "String", "StringValue": "..."}
+MessageAttributes = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    name: str
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    retention: float = DEFAULT_RETENTION
+    delay: float = 0.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    dead_letter: str | None = None
+    max_receive_count: int | None = None
+    content_based_deduplication: bool = False
+    # Gateway back-pressure: sends are refused (429) while this many messages wait. None = no cap.
+    max_backlog: int | None = None
+
+    @property
+    def fifo(self) -> bool:
+        return self.name.endswith(".fifo")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "visibility_timeout": self.visibility_timeout,
+            "retention": self.retention,
+            "delay": self.delay,
+            "max_message_size": self.max_message_size,
+            "dead_letter": self.dead_letter,
+            "max_receive_count": self.max_receive_count,
+            "content_based_deduplication": self.content_based_deduplication,
+            "max_backlog": self.max_backlog,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QueueConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    body: str
+    attributes: MessageAttributes = field(default_factory=dict)
+    delay: float | None = None  # seconds; None = the queue's default delay
+    group_id: str | None = None  # FIFO only (required there)
+    deduplication_id: str | None = None  # FIFO only
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message_id: str
+    md5_of_body: str
+    sequence_number: str | None = None  # FIFO only
+    duplicate: bool = False  # True when suppressed by deduplication (the original id is returned)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message, with everything the SQS event record needs."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    attributes: Mapping[str, Any]  # message attributes, SQS shape
+    receive_count: int
+    sent_timestamp: int  # ms since epoch
+    first_receive_timestamp: int  # ms since epoch
+    md5_of_body: str
+    group_id: str | None = None
+    deduplication_id: str | None = None
+    sequence_number: str | None = None
+    dead_letter_reason: str | None = None  # set on messages that reached a DLQ
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    name: str
+    visible: int
+    in_flight: int
+    delayed: int
+    oldest_age: float  # seconds since the oldest message was sent; 0 when empty
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.in_flight + self.delayed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "visible": self.visible,
+            "in_flight": self.in_flight,
+            "delayed": self.delayed,
+            "oldest_age": self.oldest_age,
+        }
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Durable SQS-like queues. All methods raise `sluice.errors.QueueDoesNotExist` for unknown
+    queues and `sluice.errors.Unavailable` when the backend cannot be reached."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_queue(self, config: QueueConfig) -> None:
+        """Create the queue, or update its configuration if it exists (messages are kept)."""
+
+    async def delete_queue(self, name: str) -> None: ...
+
+    async def get_queue(self, name: str) -> QueueConfig: ...
+
+    async def list_queues(self) -> list[str]: ...
+
+    async def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """Store the messages durably; return only once they are. Raises MessageTooLarge and
+        ValidationError (e.g. a FIFO message without group id) before storing anything."""
+
+    async def receive(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        *,
+        wait: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
+        """Up to ``max_messages`` visible messages, waiting up to ``wait`` seconds for the first."""
+
+    async def delete(self, queue: str, receipt_handles: Sequence[str]) -> list[bool]:
+        """Delete by receipt handle; per handle, False when it is stale or unknown."""
+
+    async def change_visibility(self, queue: str, receipt_handle: str, timeout: float) -> bool: ...
+
+    async def dead_letter(self, queue: str, receipt_handle: str, reason: str) -> bool:
+        """Move a held message to the queue's DLQ now (e.g. malformed), keeping ``reason``.
+        Without a DLQ configured the message is deleted and the reason logged by the caller."""
+
+    async def purge(self, queue: str) -> int: ...
+
+    async def stats(self, queue: str) -> QueueStats: ...
+
+    async def redrive(self, dead_letter_queue: str, to: str | None = None, limit: int | None = None) -> int:
+        """Move messages from a DLQ back to ``to`` (default: every queue that names it as its
+        DLQ must be unambiguous, so ``to`` is required when several do). Returns how many."""

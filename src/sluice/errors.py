@@ -1,0 +1,79 @@
+"""Errors with a stable code, an HTTP status and a message that names the problem.
+
+Every layer raises these; the gateway and the CLI turn them into a JSON body or an exit code,
+so a client always learns *what* was wrong, never just that something was.
+"""
+
+from __future__ import annotations
+
+
+class SluiceError(Exception):
+    """Base class: `code` is machine-readable (AWS-style), `status` the HTTP status to answer."""
+
+    code = "InternalError"
+    status = 500
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.code, "message": self.message}
+
+
+class ValidationError(SluiceError):
+    """A request or a configuration value is outside what is allowed."""
+
+    code = "ValidationError"
+    status = 400
+
+
+class NotFound(SluiceError):
+    code = "ResourceNotFound"
+    status = 404
+
+
+class QueueDoesNotExist(NotFound):
+    code = "QueueDoesNotExist"
+
+
+class FunctionNotFound(NotFound):
+    code = "FunctionNotFound"
+
+
+class MessageTooLarge(ValidationError):
+    code = "MessageTooLarge"
+    status = 413
+
+
+class PayloadTooLarge(ValidationError):
+    code = "RequestEntityTooLarge"
+    status = 413
+
+
+class InvalidPayload(ValidationError):
+    code = "InvalidRequestContent"
+
+
+class ReceiptHandleIsInvalid(ValidationError):
+    code = "ReceiptHandleIsInvalid"
+
+
+class Throttled(SluiceError):
+    """A concurrency limit or a backlog limit is reached; try again later."""
+
+    code = "TooManyRequestsException"
+    status = 429
+
+
+class QueueFull(SluiceError):
+    code = "QueueOverLimit"
+    status = 429
+
+
+class Unavailable(SluiceError):
+    """A backend (broker, state) cannot be reached: the request was NOT stored."""
+
+    code = "ServiceUnavailable"
+    status = 503

@@ -1,0 +1,1 @@
+"""AWS-shaped events and responses (SQS, API Gateway v2, ALB, destinations)."""

@@ -1,30 +1,13 @@
-"""Concurrency leases: the one mechanism behind reserved concurrency and a mapping's
-`max_concurrency`. A lease expires on its own if its holder dies without releasing it, so a
-SIGKILLed worker cannot hold a slot forever. Backends: in-process (one host) and Redis (all hosts).
-"""
+"""In-process leases, for the embedded platform where all dispatching happens in one process."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Protocol
-
-
-class Limiter(Protocol):
-    async def acquire(self, key: str, limit: int, ttl: float) -> str | None:
-        """A lease token if fewer than ``limit`` unexpired leases are held on ``key``, else None."""
-
-    async def renew(self, key: str, token: str, ttl: float) -> bool:
-        """Extend a held lease; False if it had already expired (the slot may be reused)."""
-
-    async def release(self, key: str, token: str) -> None: ...
-
-    async def held(self, key: str) -> int:
-        """How many unexpired leases are held on ``key`` now."""
 
 
 class LocalLimiter:
-    """Leases for one process: the embedded platform, where all dispatching is in one process."""
+    """Leases held in this process only."""
 
     def __init__(self, clock: object = time.monotonic) -> None:
         self._clock = clock

@@ -153,6 +153,8 @@ class App:
             **kwargs,
         )
         validate_queue_config(config)
+        if name.startswith("_"):
+            raise ValidationError(f"queue {name!r}: names starting with '_' are reserved for Sluice")
         if dead_letter and dead_letter not in self.queues:
             # A DLQ named but not declared gets the defaults, as declaring it would.
             self.queues[dead_letter] = QueueConfig(

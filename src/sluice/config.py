@@ -1,0 +1,60 @@
+"""Settings: one object, read once from arguments and the environment, passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ACCOUNT_ID = "000000000000"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path(".sluice")
+    # Backends by URL. None = embedded SQLite files in data_dir.
+    broker_url: str | None = None
+    state_url: str | None = None
+    region: str = "local"
+    account: str = ACCOUNT_ID
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Async (Event) invocations: Lambda waits about 1 and then 2 minutes between retries.
+    async_retry_delays: tuple[float, ...] = (60.0, 120.0)
+    # Default concurrency of a mapping that sets no max_concurrency (Lambda starts at 5 batches).
+    default_mapping_concurrency: int = 5
+    log_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def broker_path(self) -> Path:
+        return self.data_dir / "broker.db"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.log_dir or self.data_dir / "logs"
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        env = os.environ
+        values: dict[str, Any] = {}
+        if "SLUICE_DATA_DIR" in env:
+            values["data_dir"] = Path(env["SLUICE_DATA_DIR"])
+        if "SLUICE_BROKER" in env:
+            values["broker_url"] = env["SLUICE_BROKER"]
+        if "SLUICE_STATE" in env:
+            values["state_url"] = env["SLUICE_STATE"]
+        if "SLUICE_REGION" in env:
+            values["region"] = env["SLUICE_REGION"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)

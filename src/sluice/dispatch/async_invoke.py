@@ -1,0 +1,163 @@
+"""Asynchronous (Event) invocation, built from the core primitives as Lambda does it: the invoke
+is a message on the function's internal queue, durably stored before the caller gets its request
+id; a `Poller` drains that queue into the function, retrying failures (0-2 times, with delays)
+until they succeed, run out of retries, or outlive the maximum event age; the outcome goes to the
+function's on-success / on-failure destination as Lambda's destination record."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import orjson
+
+from sluice.app import FunctionSpec
+from sluice.broker.contract import Broker, Message, OutgoingMessage, QueueConfig
+from sluice.errors import InvalidPayload, Throttled
+from sluice.events.destinations import destination_record
+from sluice.runtime.contract import InvocationResult, Invoker
+
+log = logging.getLogger("sluice.dispatch")
+
+ASYNC_QUEUE_PREFIX = "_async_"
+MAX_ASYNC_PAYLOAD = 256 * 1024  # Lambda's limit for an Event invoke payload
+THROTTLE_RETRY = 1.0  # seconds; throttles are retried until the event's maximum age
+
+
+def async_queue_name(function: str) -> str:
+    return f"{ASYNC_QUEUE_PREFIX}{function}"
+
+
+def async_queue_config(spec: FunctionSpec) -> QueueConfig:
+    # The visibility timeout outlasts the function's timeout, so a crashed dispatcher's
+    # invocation comes back (once) rather than running twice concurrently.
+    return QueueConfig(
+        name=async_queue_name(spec.name),
+        visibility_timeout=spec.timeout + 30,
+        retention=max(60.0, spec.async_config.max_event_age + 3600),
+        max_message_size=MAX_ASYNC_PAYLOAD,
+    )
+
+
+def _attr(value: str | int | float) -> dict[str, str]:
+    if isinstance(value, str):
+        return {"DataType": "String", "StringValue": value}
+    return {"DataType": "Number", "StringValue": repr(value)}
+
+
+async def submit_async(
+    broker: Broker, function: str, payload: bytes, *, request_id: str | None = None
+) -> str:
+    """Enqueue an Event invocation; return its request id once it is durable."""
+    try:
+        text = payload.decode()
+        orjson.loads(payload)
+    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        raise InvalidPayload(f"payload for {function!r} is not valid JSON: {exc}") from None
+    request_id = request_id or str(uuid.uuid4())
+    attrs = {"RequestId": _attr(request_id), "Attempt": _attr(1), "EnqueuedAt": _attr(time.time())}
+    await broker.send(async_queue_name(function), [OutgoingMessage(body=text, attributes=attrs)])
+    return request_id
+
+
+class EventInvokeHandler:
+    """The batch handler (batch size 1) for one function's internal async queue."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        broker: Broker,
+        invoker: Invoker,
+        *,
+        function_arn: str,
+        retry_delays: Sequence[float],
+        submit: Callable[[str, bytes], Awaitable[str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self._broker = broker
+        self._invoker = invoker
+        self._function_arn = function_arn
+        self._retry_delays = tuple(retry_delays)
+        self._submit = submit
+        self._clock = clock
+        self._queue = async_queue_name(spec.name)
+
+    async def __call__(self, messages: Sequence[Message]) -> bool:
+        ok = True
+        for message in messages:
+            ok = await self._process(message) and ok
+        return ok
+
+    async def _process(self, message: Message) -> bool:
+        cfg = self.spec.async_config
+        attrs = message.attributes
+        request_id = attrs["RequestId"]["StringValue"]
+        attempt = int(attrs["Attempt"]["StringValue"])
+        enqueued_at = float(attrs["EnqueuedAt"]["StringValue"])
+        payload = message.body.encode()
+
+        if self._clock() - enqueued_at > cfg.max_event_age:
+            await self._finish(message, payload, request_id, attempt - 1, None, "EventAgeExceeded")
+            return True
+        try:
+            result = await self._invoker.invoke(self.spec.name, payload, request_id=request_id)
+        except Throttled:
+            await self._broker.change_visibility(self._queue, message.receipt_handle, THROTTLE_RETRY)
+            return False
+        if result.ok:
+            await self._finish(message, payload, request_id, attempt, result, "Success")
+            return True
+        if attempt <= cfg.retries:
+            delay = self._retry_delays[min(attempt, len(self._retry_delays)) - 1]
+            retry_attrs = dict(attrs)
+            retry_attrs["Attempt"] = _attr(attempt + 1)
+            # Send the retry before deleting this attempt: a crash in between repeats an
+            # attempt (visible as a duplicate) but never drops the event.
+            await self._broker.send(
+                self._queue,
+                [OutgoingMessage(body=message.body, attributes=retry_attrs, delay=delay)],
+            )
+            await self._broker.delete(self._queue, [message.receipt_handle])
+            return False
+        await self._finish(message, payload, request_id, attempt, result, "RetriesExhausted")
+        return False
+
+    async def _finish(
+        self,
+        message: Message,
+        payload: bytes,
+        request_id: str,
+        attempts: int,
+        result: InvocationResult | None,
+        condition: str,
+    ) -> None:
+        cfg = self.spec.async_config
+        destination = cfg.on_success if condition == "Success" else cfg.on_failure
+        if destination is not None:
+            record = destination_record(
+                request_id=request_id,
+                function_arn=self._function_arn,
+                condition=condition,
+                approximate_invoke_count=attempts,
+                request_payload=orjson.loads(payload),
+                status_code=200 if result is not None else None,
+                function_error=result.function_error if result is not None else None,
+                response_payload=orjson.loads(result.payload) if result and result.payload else None,
+            )
+            await self._deliver(destination, orjson.dumps(record))
+        elif condition != "Success":
+            log.warning(
+                "async invoke %s of %s dropped (%s): no on-failure destination",
+                request_id, self.spec.name, condition,
+            )
+        await self._broker.delete(self._queue, [message.receipt_handle])
+
+    async def _deliver(self, destination: str, record: bytes) -> None:
+        kind, _, name = destination.partition(":")
+        if kind == "queue":
+            await self._broker.send(name, [OutgoingMessage(body=record.decode())])
+        else:
+            await self._submit(name, record)

@@ -1,0 +1,132 @@
+"""`Platform`: binds an `App` to backends and runs its parts (runtime, dispatcher, gateway).
+
+`sluice dev` runs every part in one process tree; `sluice worker` and `sluice gateway` run a
+subset against shared backends (Redis, PostgreSQL) on any number of hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sluice.app import App
+from sluice.broker.contract import Broker
+from sluice.config import Settings
+from sluice.dispatch.async_invoke import async_queue_config, submit_async
+from sluice.dispatch.dispatcher import Dispatcher
+from sluice.errors import ValidationError
+from sluice.limits.contract import Limiter
+from sluice.runtime.contract import InvocationResult
+
+log = logging.getLogger("sluice.platform")
+
+
+def open_broker(settings: Settings) -> Broker:
+    url = settings.broker_url
+    if url is None or url.startswith("sqlite:"):
+        from sluice.broker.sqlite import SQLiteBroker
+
+        path = url.removeprefix("sqlite:///").removeprefix("sqlite://") if url else None
+        return SQLiteBroker(path or settings.broker_path)
+    if url.startswith(("redis://", "rediss://", "redis+cluster://")):
+        from sluice.broker.redis import RedisBroker
+
+        return RedisBroker(url)
+    raise ValidationError(f"unknown broker URL {url!r}: use sqlite:///PATH or redis://HOST:PORT")
+
+
+def open_limiter(settings: Settings) -> Limiter:
+    url = settings.broker_url
+    if url is not None and url.startswith(("redis://", "rediss://", "redis+cluster://")):
+        from sluice.limits.redis import RedisLimiter
+
+        return RedisLimiter(url, namespace="sluice")
+    from sluice.limits.local import LocalLimiter
+
+    return LocalLimiter()
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    dispatch: bool = True  # pollers + runtime (a worker)
+    http: bool = True  # the gateway
+
+
+class Platform:
+    def __init__(self, app: App, app_ref: str, settings: Settings) -> None:
+        app.validate()
+        self.app = app
+        self.app_ref = app_ref
+        self.settings = settings
+        self.broker: Broker | None = None
+        self.limiter: Limiter | None = None
+        self.runtime: Any = None
+        self.dispatcher: Dispatcher | None = None
+        self.gateway: Any = None
+
+    async def start(self, roles: Roles = Roles()) -> None:
+        from sluice.runtime.pool import Runtime
+
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.broker = open_broker(s)
+        await self.broker.start()
+        for queue in self.app.queues.values():
+            await self.broker.create_queue(queue)
+        for fn in self.app.functions.values():
+            await self.broker.create_queue(async_queue_config(fn))
+        self.limiter = open_limiter(s)
+        self.runtime = Runtime(self.app_ref, self.app.functions, limiter=self.limiter, log_dir=s.logs)
+        await self.runtime.start()
+        if roles.dispatch:
+            self.dispatcher = Dispatcher(
+                self.app, self.broker, self.runtime, self.limiter, s, self.submit
+            )
+            self.dispatcher.start()
+        if roles.http:
+            await self._start_gateway()
+
+    async def _start_gateway(self) -> None:
+        from sluice.gateway import create_gateway
+
+        assert self.broker is not None
+        self.gateway = create_gateway(self)
+        await self.gateway.serve(self.settings.host, self.settings.port)
+
+    async def close(self, grace: float = 10.0) -> None:
+        if self.gateway is not None:
+            await self.gateway.shutdown(grace)
+            self.gateway = None
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(grace)
+            self.dispatcher = None
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+        if self.broker is not None:
+            await self.broker.close()
+            self.broker = None
+
+    # -- operations the gateway, the CLI and clients use ---------------------------------
+
+    async def submit(self, function: str, payload: bytes) -> str:
+        """Event invoke: durable, returns the request id."""
+        self.app.get_function(function)
+        assert self.broker is not None
+        return await submit_async(self.broker, function, payload)
+
+    async def invoke(self, function: str, payload: bytes) -> InvocationResult:
+        """RequestResponse invoke."""
+        self.app.get_function(function)
+        return await self.runtime.invoke(function, payload)
+
+    async def status(self) -> dict[str, Any]:
+        assert self.broker is not None
+        queues = [(await self.broker.stats(q)).to_dict() for q in await self.broker.list_queues()]
+        return {
+            "app": self.app.name,
+            "functions": self.runtime.status() if self.runtime else {},
+            "queues": queues,
+            "mappings": self.dispatcher.status() if self.dispatcher else [],
+        }

@@ -154,7 +154,9 @@ class App:
         )
         validate_queue_config(config)
         if name.startswith("_"):
-            raise ValidationError(f"queue {name!r}: names starting with '_' are reserved for Sluice")
+            raise ValidationError(
+                f"queue {name!r}: names starting with '_' are reserved for Sluice"
+            )
         if dead_letter and dead_letter not in self.queues:
             # A DLQ named but not declared gets the defaults, as declaring it would.
             self.queues[dead_letter] = QueueConfig(
@@ -269,7 +271,9 @@ class App:
         try:
             return self.functions[name]
         except KeyError:
-            raise FunctionNotFound(f"function {name!r} does not exist in app {self.name!r}") from None
+            raise FunctionNotFound(
+                f"function {name!r} does not exist in app {self.name!r}"
+            ) from None
 
     def validate(self) -> None:
         """Check cross-references (queues named by mappings, routes and destinations exist)."""
@@ -287,10 +291,14 @@ class App:
                 kind, _, target = dest.partition(":")
                 known = self.queues if kind == "queue" else self.functions
                 if target not in known:
-                    raise ValidationError(f"function {f.name!r}: destination {dest!r} does not exist")
+                    raise ValidationError(
+                        f"function {f.name!r}: destination {dest!r} does not exist"
+                    )
         for q in self.queues.values():
             if q.dead_letter and q.dead_letter not in self.queues:
-                raise ValidationError(f"queue {q.name!r}: dead-letter queue {q.dead_letter!r} missing")
+                raise ValidationError(
+                    f"queue {q.name!r}: dead-letter queue {q.dead_letter!r} missing"
+                )
 
     # -- internals ------------------------------------------------------------------------
 

@@ -77,7 +77,9 @@ class Platform:
         for fn in self.app.functions.values():
             await self.broker.create_queue(async_queue_config(fn))
         self.limiter = open_limiter(s)
-        self.runtime = Runtime(self.app_ref, self.app.functions, limiter=self.limiter, log_dir=s.logs)
+        self.runtime = Runtime(
+            self.app_ref, self.app.functions, limiter=self.limiter, log_dir=s.logs
+        )
         await self.runtime.start()
         if roles.dispatch:
             self.dispatcher = Dispatcher(

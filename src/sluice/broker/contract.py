@@ -177,6 +177,8 @@ class Broker(Protocol):
 
     async def stats(self, queue: str) -> QueueStats: ...
 
-    async def redrive(self, dead_letter_queue: str, to: str | None = None, limit: int | None = None) -> int:
+    async def redrive(
+        self, dead_letter_queue: str, to: str | None = None, limit: int | None = None
+    ) -> int:
         """Move messages from a DLQ back to ``to`` (default: every queue that names it as its
         DLQ must be unambiguous, so ``to`` is required when several do). Returns how many."""

@@ -21,7 +21,11 @@ MAX_QUEUE_NAME = 80
 def validate_queue_config(config: QueueConfig) -> None:
     name = config.name
     base = name[:-5] if name.endswith(".fifo") else name
-    if not base or len(name) > MAX_QUEUE_NAME or not base.replace("-", "").replace("_", "").isalnum():
+    if (
+        not base
+        or len(name) > MAX_QUEUE_NAME
+        or not base.replace("-", "").replace("_", "").isalnum()
+    ):
         raise ValidationError(
             f"queue name {name!r}: 1-80 letters, digits, '-' or '_' (FIFO names end in '.fifo')"
         )

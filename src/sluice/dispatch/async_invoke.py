@@ -105,7 +105,9 @@ class EventInvokeHandler:
         try:
             result = await self._invoker.invoke(self.spec.name, payload, request_id=request_id)
         except Throttled:
-            await self._broker.change_visibility(self._queue, message.receipt_handle, THROTTLE_RETRY)
+            await self._broker.change_visibility(
+                self._queue, message.receipt_handle, THROTTLE_RETRY
+            )
             return False
         if result.ok:
             await self._finish(message, payload, request_id, attempt, result, "Success")
@@ -145,13 +147,17 @@ class EventInvokeHandler:
                 request_payload=orjson.loads(payload),
                 status_code=200 if result is not None else None,
                 function_error=result.function_error if result is not None else None,
-                response_payload=orjson.loads(result.payload) if result and result.payload else None,
+                response_payload=orjson.loads(result.payload)
+                if result and result.payload
+                else None,
             )
             await self._deliver(destination, orjson.dumps(record))
         elif condition != "Success":
             log.warning(
                 "async invoke %s of %s dropped (%s): no on-failure destination",
-                request_id, self.spec.name, condition,
+                request_id,
+                self.spec.name,
+                condition,
             )
         await self._broker.delete(self._queue, [message.receipt_handle])
 

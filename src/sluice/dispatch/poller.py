@@ -10,6 +10,7 @@ its concurrency and grows it back by one per successful batch (Lambda backs off 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +41,9 @@ class PollerConfig:
 
 
 class Poller:
-    def __init__(self, config: PollerConfig, broker: Broker, limiter: Limiter, handle: BatchHandler):
+    def __init__(
+        self, config: PollerConfig, broker: Broker, limiter: Limiter, handle: BatchHandler
+    ):
         self.config = config
         self._broker = broker
         self._limiter = limiter
@@ -82,7 +85,9 @@ class Poller:
                 await self._sleep(0.2)
                 continue
             try:
-                token = await self._limiter.acquire(cfg.lease_key, cfg.max_concurrency, cfg.lease_ttl)
+                token = await self._limiter.acquire(
+                    cfg.lease_key, cfg.max_concurrency, cfg.lease_ttl
+                )
                 if token is None:
                     await self._sleep(0.02)
                     continue
@@ -117,7 +122,9 @@ class Poller:
             return batch
         deadline = time.monotonic() + cfg.batching_window
         size = sum(len(m.body) for m in batch)
-        while len(batch) < cfg.batch_size and size < MAX_BATCH_BYTES and not self._stopping.is_set():
+        while (
+            len(batch) < cfg.batch_size and size < MAX_BATCH_BYTES and not self._stopping.is_set()
+        ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -140,10 +147,8 @@ class Poller:
             self._target = max(1, self._target // 2)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def status(self) -> dict[str, object]:
         return {

@@ -58,7 +58,9 @@ class SqsMappingHandler:
         if not result.ok:
             log.warning(
                 "mapping %s: function error, %d messages will be retried: %s",
-                spec.name, len(messages), result.payload[:500].decode(errors="replace"),
+                spec.name,
+                len(messages),
+                result.payload[:500].decode(errors="replace"),
             )
             return False
         if not spec.report_batch_item_failures:

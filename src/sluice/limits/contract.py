@@ -1,6 +1,6 @@
 """Concurrency leases: the one mechanism behind reserved concurrency and a mapping's
 `max_concurrency`. A lease expires on its own if its holder dies without releasing it, so a
-SIGKILLed worker cannot hold a slot forever. Backends: `local` (one process) and `redis` (all hosts).
+SIGKILLed worker cannot hold a slot forever. Backends: `local` (one process), `redis` (all hosts).
 """
 
 from __future__ import annotations

@@ -101,12 +101,108 @@ class MappingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FixedResponse:
+    """An ALB fixed-response action."""
+
+    status: int = 200
+    body: str = ""
+    content_type: str = "text/plain"
+
+    def __post_init__(self) -> None:
+        _check_range("fixed response status", self.status, 200, 599)
+        if len(self.body.encode()) > 1024:
+            raise ValidationError("a fixed response body is at most 1024 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """An ALB redirect action. Each part may use #{protocol}, #{host}, #{port}, #{path} and
+    #{query}; the defaults keep the request's own value."""
+
+    status: int = 301
+    protocol: str = "#{protocol}"
+    host: str = "#{host}"
+    port: str = "#{port}"
+    path: str = "/#{path}"
+    query: str = "#{query}"
+
+    def __post_init__(self) -> None:
+        if self.status not in (301, 302):
+            raise ValidationError(f"a redirect status is 301 or 302, got {self.status}")
+
+
+# 'function:NAME' (sync), 'async:NAME' (Event invoke, 202), 'queue:NAME' (durable 202),
+# 'proxy:http://HOST:PORT/BASE' (reverse proxy), or an ALB fixed-response / redirect action.
+Target = str | FixedResponse | Redirect
+TARGET_KINDS = ("function", "async", "queue", "proxy")
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     """An HTTP route. ``target`` is 'function:NAME' (sync), 'async:NAME' (Event invoke, 202),
-    or 'queue:NAME' (durable 202)."""
+    or 'queue:NAME' (durable 202); see `Target` for the others."""
 
     route_key: str  # "POST /transfers/{id}", "ANY /{proxy+}", "$default"
-    target: str
+    target: Target
+    timeout: float | None = None  # integration timeout; None = the gateway's (29 s)
+    forward_headers: tuple[str, ...] = ()  # queue targets: headers kept as message attributes
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """An ALB listener rule: all conditions must hold (each one matches any of its values).
+    ``priority`` 1-50000, lowest first; None marks the default rule (no conditions)."""
+
+    priority: int | None
+    target: Target
+    host: tuple[str, ...] = ()  # host-header patterns, '*' and '?' wildcards
+    path: tuple[str, ...] = ()  # path-pattern patterns, '*' and '?' wildcards
+    method: tuple[str, ...] = ()
+    headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # name -> patterns
+    query: tuple[tuple[str | None, str], ...] = ()  # (key or None, value pattern)
+    source_ip: tuple[str, ...] = ()  # CIDR blocks
+    multi_value_headers: bool = False
+    timeout: float | None = None
+    forward_headers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        conditions = (self.host, self.path, self.method, self.headers, self.query, self.source_ip)
+        if self.priority is None:
+            if any(conditions):
+                raise ValidationError("the default rule takes no conditions")
+        else:
+            _check_range("rule priority", self.priority, 1, 50_000)
+            if not any(conditions):
+                raise ValidationError(f"rule {self.priority}: needs at least one condition")
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    """CORS for the whole API, as API Gateway HTTP APIs configure it."""
+
+    allow_origins: tuple[str, ...] = ()  # exact origins, or "*"
+    allow_methods: tuple[str, ...] = ()  # or "*"
+    allow_headers: tuple[str, ...] = ()  # or "*"
+    expose_headers: tuple[str, ...] = ()
+    max_age: int = 0
+    allow_credentials: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range("cors max_age", self.max_age, 0, 86_400)
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValidationError("cors: allow_credentials cannot be used with origin '*'")
+
+
+def _check_target(where: str, target: Target) -> None:
+    if isinstance(target, FixedResponse | Redirect):
+        return
+    kind, _, rest = target.partition(":")
+    if kind not in TARGET_KINDS or not rest:
+        raise ValidationError(
+            f"{where}: target {target!r} must be one of "
+            + ", ".join(f"'{k}:...'" for k in TARGET_KINDS)
+            + ", a FixedResponse or a Redirect"
+        )
 
 
 class App:
@@ -120,6 +216,8 @@ class App:
         self.queues: dict[str, QueueConfig] = {}
         self.mappings: list[MappingSpec] = []
         self.routes: list[RouteSpec] = []
+        self.rules: list[RuleSpec] = []
+        self.cors_config: CorsConfig | None = None
 
     # -- declarations ---------------------------------------------------------------------
 
@@ -214,7 +312,14 @@ class App:
 
         return register(fn) if fn is not None else register
 
-    def route(self, route_key: str, *, to: str | None = None) -> Callable[[Handler], Handler]:
+    def route(
+        self,
+        route_key: str,
+        *,
+        to: str | None = None,
+        timeout: float | None = None,
+        forward_headers: tuple[str, ...] = (),
+    ) -> Callable[[Handler], Handler]:
         """Route HTTP requests. Without ``to`` the decorated function answers synchronously;
         ``to="QUEUE"`` stores the request durably on that queue and answers 202;
         ``to="async"`` invokes the decorated function asynchronously and answers 202."""
@@ -227,10 +332,97 @@ class App:
                 target = f"async:{spec.name}"
             else:
                 target = f"queue:{to}"
-            self.routes.append(RouteSpec(route_key=route_key, target=target))
+            self.add_route(route_key, target, timeout=timeout, forward_headers=forward_headers)
             return handler
 
         return register
+
+    def add_route(
+        self,
+        route_key: str,
+        target: Target,
+        *,
+        timeout: float | None = None,
+        forward_headers: tuple[str, ...] = (),
+    ) -> RouteSpec:
+        """Route HTTP requests to any target, e.g. ``"proxy:http://10.0.0.5:8000"``."""
+        _check_target(f"route {route_key!r}", target)
+        if timeout is not None:
+            _check_range(f"route {route_key!r}: timeout", timeout, 0.05, 30)
+        spec = RouteSpec(route_key, target, timeout, tuple(forward_headers))
+        self.routes.append(spec)
+        return spec
+
+    def rule(
+        self,
+        priority: int | None,
+        *,
+        to: Target | None = None,
+        host: str | tuple[str, ...] = (),
+        path: str | tuple[str, ...] = (),
+        method: str | tuple[str, ...] = (),
+        headers: Mapping[str, str | tuple[str, ...]] | None = None,
+        query: Mapping[str | None, str] | None = None,
+        source_ip: str | tuple[str, ...] = (),
+        multi_value_headers: bool = False,
+        timeout: float | None = None,
+        forward_headers: tuple[str, ...] = (),
+    ) -> Any:
+        """An ALB-style listener rule (``priority=None``: the default rule). With ``to`` it is
+        registered and returned; without, it decorates the function it forwards to."""
+
+        def one(v: str | tuple[str, ...]) -> tuple[str, ...]:
+            return (v,) if isinstance(v, str) else tuple(v)
+
+        def make(target: Target) -> RuleSpec:
+            _check_target(f"rule {priority}", target)
+            if any(r.priority == priority for r in self.rules):
+                raise ValidationError(f"two rules have priority {priority}")
+            spec = RuleSpec(
+                priority=priority,
+                target=target,
+                host=one(host),
+                path=one(path),
+                method=tuple(m.upper() for m in one(method)),
+                headers={k.lower(): one(v) for k, v in (headers or {}).items()},
+                query=tuple((query or {}).items()),
+                source_ip=one(source_ip),
+                multi_value_headers=multi_value_headers,
+                timeout=timeout,
+                forward_headers=tuple(forward_headers),
+            )
+            self.rules.append(spec)
+            return spec
+
+        if to is not None:
+            return make(to)
+
+        def register(handler: Handler) -> Handler:
+            make(f"function:{self._ensure_function(handler, None).name}")
+            return handler
+
+        return register
+
+    def cors(
+        self,
+        *,
+        allow_origins: tuple[str, ...] = (),
+        allow_methods: tuple[str, ...] = (),
+        allow_headers: tuple[str, ...] = (),
+        expose_headers: tuple[str, ...] = (),
+        max_age: int = 0,
+        allow_credentials: bool = False,
+    ) -> CorsConfig:
+        """Answer CORS preflights and decorate responses for this API."""
+        self.cors_config = CorsConfig(
+            tuple(allow_origins),
+            tuple(m.upper() for m in allow_methods),
+            tuple(h.lower() for h in allow_headers),
+            tuple(h.lower() for h in expose_headers),
+            max_age,
+            allow_credentials,
+        )
+        return self.cors_config
 
     def consume(
         self,
@@ -280,10 +472,16 @@ class App:
         for m in self.mappings:
             if m.queue not in self.queues:
                 raise ValidationError(f"mapping for function {m.function!r}: no queue {m.queue!r}")
-        for r in self.routes:
-            kind, _, target = r.target.partition(":")
+        for where, tgt in [(f"route {r.route_key!r}", r.target) for r in self.routes] + [
+            (f"rule {r.priority}", r.target) for r in self.rules
+        ]:
+            if not isinstance(tgt, str):
+                continue
+            kind, _, target = tgt.partition(":")
             if kind == "queue" and target not in self.queues:
-                raise ValidationError(f"route {r.route_key!r}: no queue {target!r}")
+                raise ValidationError(f"{where}: no queue {target!r}")
+            if kind in ("function", "async") and target not in self.functions:
+                raise ValidationError(f"{where}: no function {target!r}")
         for f in self.functions.values():
             for dest in (f.async_config.on_success, f.async_config.on_failure):
                 if dest is None:

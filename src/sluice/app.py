@@ -146,6 +146,10 @@ class RouteSpec:
     target: Target
     timeout: float | None = None  # integration timeout; None = the gateway's (29 s)
     forward_headers: tuple[str, ...] = ()  # queue targets: headers kept as message attributes
+    # Request validation as API Gateway models do it: a JSON Schema the body must satisfy (400).
+    schema: Mapping[str, Any] | None = None
+    # The 202 body of queue and async targets; "{messageId}" / "{requestId}" are filled in.
+    accepted: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,20 +323,27 @@ class App:
         to: str | None = None,
         timeout: float | None = None,
         forward_headers: tuple[str, ...] = (),
+        schema: Mapping[str, Any] | None = None,
+        accepted: Mapping[str, Any] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Route HTTP requests. Without ``to`` the decorated function answers synchronously;
-        ``to="QUEUE"`` stores the request durably on that queue and answers 202;
-        ``to="async"`` invokes the decorated function asynchronously and answers 202."""
+        ``to="async"`` invokes the decorated function asynchronously and answers 202;
+        ``to="QUEUE"`` stores the request durably on that queue and answers 202 - that form is
+        registered at once and needs no function (if it decorates one, it leaves it alone)."""
+        options: dict[str, Any] = {
+            "timeout": timeout,
+            "forward_headers": forward_headers,
+            "schema": schema,
+            "accepted": accepted,
+        }
+        if to is not None and to != "async":
+            self.add_route(route_key, f"queue:{to}", **options)
+            return lambda handler: handler
 
         def register(handler: Handler) -> Handler:
             spec = self._ensure_function(handler, None)
-            if to is None:
-                target = f"function:{spec.name}"
-            elif to == "async":
-                target = f"async:{spec.name}"
-            else:
-                target = f"queue:{to}"
-            self.add_route(route_key, target, timeout=timeout, forward_headers=forward_headers)
+            kind = "async" if to == "async" else "function"
+            self.add_route(route_key, f"{kind}:{spec.name}", **options)
             return handler
 
         return register
@@ -344,12 +355,14 @@ class App:
         *,
         timeout: float | None = None,
         forward_headers: tuple[str, ...] = (),
+        schema: Mapping[str, Any] | None = None,
+        accepted: Mapping[str, Any] | None = None,
     ) -> RouteSpec:
         """Route HTTP requests to any target, e.g. ``"proxy:http://10.0.0.5:8000"``."""
         _check_target(f"route {route_key!r}", target)
         if timeout is not None:
             _check_range(f"route {route_key!r}: timeout", timeout, 0.05, 30)
-        spec = RouteSpec(route_key, target, timeout, tuple(forward_headers))
+        spec = RouteSpec(route_key, target, timeout, tuple(forward_headers), schema, accepted)
         self.routes.append(spec)
         return spec
 

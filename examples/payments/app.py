@@ -59,12 +59,18 @@ def _json(status: int, body: object) -> dict:
     }
 
 
-app.route(
-    "POST /transfers",
-    to="transfers",
-    schema=TRANSFER_SCHEMA,
-    accepted={"transfer_id": "{messageId}"},
-)
+# PAYMENTS_DESIGN=sync is the seed's anti-pattern, kept for the spike benchmark only: every
+# request settles synchronously against the database, so a spike opens as many database
+# connections as there are concurrent environments.
+SYNC_DESIGN = os.environ.get("PAYMENTS_DESIGN", "buffered") == "sync"
+
+if not SYNC_DESIGN:
+    app.route(
+        "POST /transfers",
+        to="transfers",
+        schema=TRANSFER_SCHEMA,
+        accepted={"transfer_id": "{messageId}"},
+    )
 
 
 @app.function(environment={"PAYMENTS_DATABASE_URL": DATABASE_URL}, timeout=10)
@@ -131,3 +137,21 @@ def settle(event, context):
             failures.append({"itemIdentifier": record["messageId"]})
     ledger().settle(transfers)
     return {"batchItemFailures": failures}
+
+
+if SYNC_DESIGN:
+
+    @app.function(environment={"PAYMENTS_DATABASE_URL": DATABASE_URL}, timeout=29)
+    @app.route("POST /transfers", schema=TRANSFER_SCHEMA)
+    def transfer_now(event, context):
+        """The synchronous design: settle this one transfer against the database right now."""
+        body = orjson.loads(event["body"])
+        transfer = Transfer(
+            id=context.aws_request_id,
+            idempotency_key=body["idempotency_key"],
+            source=body["from"],
+            target=body["to"],
+            amount=body["amount"],
+        )
+        ledger().settle([transfer])
+        return _json(201, {"transfer_id": transfer.id})

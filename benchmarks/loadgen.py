@@ -64,8 +64,14 @@ def _status_class(status: int) -> str:
 
 
 async def _connection(
-    host: str, port: int, make_request: Any, budget: list[int], res: LoadResult, t0: float,
-    timeout: float, sample_every: int,
+    host: str,
+    port: int,
+    make_request: Any,
+    budget: list[int],
+    res: LoadResult,
+    t0: float,
+    timeout: float,
+    sample_every: int,
 ) -> None:
     reader = writer = None
     while budget[0] > 0:
@@ -74,7 +80,9 @@ async def _connection(
         started = time.perf_counter()
         try:
             if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), timeout
+                )
             writer.write(make_request(n))
             status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout)
             res.statuses[status] += 1
@@ -133,7 +141,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 def _worker(args: dict[str, Any], out: Any) -> None:
     import uvloop
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     url = urlsplit(args["url"])
     host, port, path = url.hostname or "127.0.0.1", url.port or 80, url.path or "/"
@@ -155,11 +163,14 @@ def _worker(args: dict[str, Any], out: Any) -> None:
         while time.time() < t0:  # all processes start the spike together
             await asyncio.sleep(0.001)
         t0 = time.perf_counter()
-        await asyncio.gather(*(
-            _connection(host, port, make_request, budget, res, t0, args["timeout"],
-                        args["sample_every"])
-            for _ in range(args["connections"])
-        ))
+        await asyncio.gather(
+            *(
+                _connection(
+                    host, port, make_request, budget, res, t0, args["timeout"], args["sample_every"]
+                )
+                for _ in range(args["connections"])
+            )
+        )
         res.duration = time.perf_counter() - t0
         return res
 
@@ -167,8 +178,15 @@ def _worker(args: dict[str, Any], out: Any) -> None:
 
 
 def run_load(
-    url: str, *, connections: int, requests: int, body: str = "", method: str = "POST",
-    processes: int = 2, timeout: float = 60.0, sample_every: int = 10,
+    url: str,
+    *,
+    connections: int,
+    requests: int,
+    body: str = "",
+    method: str = "POST",
+    processes: int = 2,
+    timeout: float = 60.0,
+    sample_every: int = 10,
 ) -> LoadResult:
     ctx = mp.get_context("spawn")
     start_at = time.time() + 1.0 + 0.2 * processes
@@ -176,10 +194,15 @@ def run_load(
     for i in range(processes):
         parent, child = ctx.Pipe(duplex=False)
         args = {
-            "url": url, "method": method, "body": body, "timeout": timeout,
+            "url": url,
+            "method": method,
+            "body": body,
+            "timeout": timeout,
             "connections": connections // processes + (1 if i < connections % processes else 0),
             "requests": requests // processes + (1 if i < requests % processes else 0),
-            "offset": i * (requests // processes + 1), "t0": start_at, "sample_every": sample_every,
+            "offset": i * (requests // processes + 1),
+            "t0": start_at,
+            "sample_every": sample_every,
         }
         p = ctx.Process(target=_worker, args=(args, child), daemon=True)
         p.start()
@@ -203,8 +226,15 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=60.0)
     a = parser.parse_args()
-    res = run_load(a.url, connections=a.connections, requests=a.requests, body=a.body,
-                   method=a.method, processes=a.processes, timeout=a.timeout)
+    res = run_load(
+        a.url,
+        connections=a.connections,
+        requests=a.requests,
+        body=a.body,
+        method=a.method,
+        processes=a.processes,
+        timeout=a.timeout,
+    )
     summary = {k: v for k, v in res.to_dict().items() if k not in ("latencies_ms", "timeline")}
     summary["rps"] = round(res.sent / res.duration) if res.duration else 0
     summary["p50_ms"], summary["p99_ms"] = res.percentile(50), res.percentile(99)

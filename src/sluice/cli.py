@@ -150,6 +150,9 @@ def _banner(platform: Any, url: str | None) -> None:
 
 
 def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--data-dir", type=click.Path(path_type=Path), default=None, help="Embedded data directory."
+    )(f)
     f = click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")(f)
     f = click.option("--port", type=int, default=None, help="HTTP port (default 8080).")(f)
     return click.argument("app_ref", metavar="APP")(f)
@@ -158,21 +161,27 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @main.command()
 @_run_options
 @click.pass_context
-def dev(ctx: click.Context, app_ref: str, port: int | None, host: str | None) -> None:
+def dev(
+    ctx: click.Context, app_ref: str, port: int | None, host: str | None, data_dir: Path | None
+) -> None:
     """Run APP (path/to/app.py or package.module:app) with every part in one process tree."""
     from sluice.platform import Roles
 
-    _serve(_settings(ctx).with_(**_hp(host, port)), app_ref, Roles(dispatch=True, http=True))
+    settings = _settings(ctx).with_(**_hp(host, port, data_dir))
+    _serve(settings, app_ref, Roles(dispatch=True, http=True))
 
 
 @main.command()
 @_run_options
 @click.pass_context
-def gateway(ctx: click.Context, app_ref: str, port: int | None, host: str | None) -> None:
+def gateway(
+    ctx: click.Context, app_ref: str, port: int | None, host: str | None, data_dir: Path | None
+) -> None:
     """Run only the HTTP gateway of APP (scale out: many gateways, shared backends)."""
     from sluice.platform import Roles
 
-    _serve(_settings(ctx).with_(**_hp(host, port)), app_ref, Roles(dispatch=False, http=True))
+    settings = _settings(ctx).with_(**_hp(host, port, data_dir))
+    _serve(settings, app_ref, Roles(dispatch=False, http=True))
 
 
 @main.command()
@@ -185,8 +194,9 @@ def worker(ctx: click.Context, app_ref: str) -> None:
     _serve(_settings(ctx), app_ref, Roles(dispatch=True, http=False))
 
 
-def _hp(host: str | None, port: int | None) -> dict[str, Any]:
-    return {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+def _hp(host: str | None, port: int | None, data_dir: Path | None) -> dict[str, Any]:
+    options = {"host": host, "port": port, "data_dir": data_dir}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 # -- invoke ----------------------------------------------------------------------------------

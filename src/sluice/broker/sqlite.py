@@ -1,0 +1,502 @@
+"""The embedded broker: SQS-like queues in one SQLite database file.
+
+Every write goes through a group-commit writer thread (`groupcommit.GroupCommitWriter`): many
+concurrent sends, receives and deletes share one transaction and one fsync, and a call returns only
+once its writes are committed (WAL, ``synchronous=FULL``). Queries that change nothing use a
+separate read connection. Several processes may open the same file: transactions start with
+``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` for each other, so a receive is atomic across
+processes too. Long polls are woken at once by sends in this process and poll every
+`POLL_INTERVAL` seconds for sends from other processes.
+
+Choices where SQS leaves room: a message moved to a dead-letter queue (or redriven out of one)
+starts with a receive count of 0 and keeps its original sent timestamp (so the DLQ's retention
+counts from the first send). If a queue's DLQ does not exist, its messages are delivered as usual.
+Expired messages are never delivered; they are deleted at most once a minute per queue, on receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sluice.broker import sqlite_schema as sql
+from sluice.broker.contract import (
+    DEDUP_WINDOW,
+    MAX_RECEIVE_BATCH,
+    MAX_VISIBILITY_TIMEOUT,
+    MAX_WAIT,
+    Message,
+    OutgoingMessage,
+    QueueConfig,
+    QueueStats,
+    SendResult,
+)
+from sluice.broker.groupcommit import GroupCommitWriter, Reader
+from sluice.broker.validation import (
+    content_dedup_id,
+    md5_of_body,
+    validate_messages,
+    validate_queue_config,
+)
+from sluice.errors import QueueDoesNotExist, ReceiptHandleIsInvalid, ValidationError
+
+POLL_INTERVAL = 0.05
+SWEEP_INTERVAL_MS = 60_000
+Row = tuple[Any, ...]
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _parse_receipt(handle: str) -> tuple[int, int]:
+    row, _, token = handle.partition(".") if isinstance(handle, str) else ("", "", "")
+    if (
+        row.isdigit()
+        and len(row) <= 18
+        and 0 < len(token) <= 16
+        and all(c in "0123456789abcdef" for c in token)
+    ):
+        return int(row), int(token, 16)
+    raise ReceiptHandleIsInvalid(f"receipt handle {handle!r} is not one this broker issued")
+
+
+def _to_message(row: Row, token: str) -> Message:
+    fifo = row[8] is not None
+    return Message(
+        message_id=row[1],
+        receipt_handle=f"{row[0]}.{token}",
+        body=row[2],
+        attributes=orjson.loads(row[3]) if row[3] else {},
+        receive_count=row[4],
+        sent_timestamp=row[5],
+        first_receive_timestamp=row[6],
+        md5_of_body=row[7],
+        group_id=row[8],
+        deduplication_id=row[9],
+        sequence_number=f"{row[0]:020d}" if fifo else None,
+        dead_letter_reason=row[10],
+    )
+
+
+def _find_queue(conn: sqlite3.Connection, name: str) -> tuple[int, QueueConfig]:
+    row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise QueueDoesNotExist(f"queue {name!r} does not exist")
+    return row[0], QueueConfig.from_dict(orjson.loads(row[1]))
+
+
+def _queue_id(conn: sqlite3.Connection, name: str) -> int | None:
+    row = conn.execute("SELECT id FROM queues WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _move(
+    conn: sqlite3.Connection, ids: Sequence[int], to: int, now: int, reason: str | None
+) -> None:
+    conn.execute(sql.MOVE_TO, {"to": to, "now": now, "reason": reason, "ids": orjson.dumps(ids)})
+
+
+class SQLiteBroker:
+    """`Broker` on one SQLite file. Call `start()` before use and `close()` after."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        pragmas: Mapping[str, str | int] | None = None,
+    ) -> None:
+        """``pragmas`` are applied to every connection after the broker's own (e.g.
+        ``{"max_page_count": n}`` caps the file's size: sends beyond it raise `Unavailable`)."""
+        self.path = Path(path)
+        self._clock = clock
+        extra = dict(pragmas or {})
+        self._writer = GroupCommitWriter(lambda: self._open_writer(extra))
+        self._reader = Reader(lambda: sql.connect(self.path, extra))
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._next_sweep: dict[int, int] = {}  # queue id -> ms; touched by the writer thread only
+
+    def _open_writer(self, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
+        conn = sql.connect(self.path, pragmas)
+        try:
+            sql.create_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _now(self) -> int:
+        return _ms(self._clock())
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._writer.start)
+        await asyncio.to_thread(self._reader.start)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.stop)
+        await asyncio.to_thread(self._reader.stop)
+
+    async def __aenter__(self) -> SQLiteBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- queues ----------------------------------------------------------------------------------
+
+    async def create_queue(self, config: QueueConfig) -> None:
+        validate_queue_config(config)
+        text = orjson.dumps(config.to_dict()).decode()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO queues (name, config) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET config = excluded.config",
+                (config.name, text),
+            )
+
+        await self._writer.submit(op)
+
+    async def delete_queue(self, name: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            qid, _ = _find_queue(conn, name)
+            conn.execute("DELETE FROM messages WHERE qid = ?", (qid,))
+            conn.execute("DELETE FROM dedup WHERE qid = ?", (qid,))
+            conn.execute("DELETE FROM queues WHERE id = ?", (qid,))
+
+        await self._writer.submit(op)
+
+    async def get_queue(self, name: str) -> QueueConfig:
+        return (await self._reader.run(lambda conn: _find_queue(conn, name)))[1]
+
+    async def list_queues(self) -> list[str]:
+        rows = await self._reader.run(
+            lambda conn: conn.execute("SELECT name FROM queues ORDER BY name").fetchall()
+        )
+        return [r[0] for r in rows]
+
+    # -- messages --------------------------------------------------------------------------------
+
+    async def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        now = self._now()
+
+        def op(conn: sqlite3.Connection) -> list[SendResult]:
+            qid, config = _find_queue(conn, queue)
+            validate_messages(config, messages)
+            if config.fifo:
+                return self._send_fifo(conn, qid, config, messages, now)
+            default_visible = now + _ms(config.delay)
+            rows = []
+            results = []
+            for m in messages:
+                message_id = str(uuid.uuid4())
+                md5 = md5_of_body(m.body)
+                visible = default_visible if m.delay is None else now + _ms(m.delay)
+                attrs = orjson.dumps(dict(m.attributes)).decode() if m.attributes else None
+                rows.append((qid, visible, now, message_id, md5, m.body, attrs, None, None))
+                results.append(SendResult(message_id, md5))
+            conn.executemany(sql.INSERT_MESSAGE, rows)
+            return results
+
+        results = await self._writer.submit(op)
+        self._wake(queue)
+        return results
+
+    @staticmethod
+    def _send_fifo(
+        conn: sqlite3.Connection,
+        qid: int,
+        config: QueueConfig,
+        messages: Sequence[OutgoingMessage],
+        now: int,
+    ) -> list[SendResult]:
+        visible = now + _ms(config.delay)
+        results = []
+        for m in messages:
+            dedup_id = m.deduplication_id or content_dedup_id(m.body)
+            md5 = md5_of_body(m.body)
+            seen = conn.execute(
+                "SELECT message_id, seq FROM dedup"
+                " WHERE qid = ? AND dedup_id = ? AND expires_at > ?",
+                (qid, dedup_id, now),
+            ).fetchone()
+            if seen is not None:
+                results.append(SendResult(seen[0], md5, f"{seen[1]:020d}", duplicate=True))
+                continue
+            message_id = str(uuid.uuid4())
+            attrs = orjson.dumps(dict(m.attributes)).decode() if m.attributes else None
+            row = (qid, visible, now, message_id, md5, m.body, attrs, m.group_id, dedup_id)
+            seq = conn.execute(sql.INSERT_MESSAGE, row).lastrowid
+            conn.execute(
+                "INSERT OR REPLACE INTO dedup VALUES (?, ?, ?, ?, ?)",
+                (qid, dedup_id, message_id, seq, now + _ms(DEDUP_WINDOW)),
+            )
+            results.append(SendResult(message_id, md5, f"{seq:020d}"))
+        return results
+
+    async def receive(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        *,
+        wait: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[Message]:
+        if not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+            raise ValidationError(f"max_messages must be between 1 and {MAX_RECEIVE_BATCH}")
+        if not 0 <= wait <= MAX_WAIT:
+            raise ValidationError(f"wait must be between 0 and {MAX_WAIT:g} seconds")
+        if visibility_timeout is not None and not 0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT:
+            raise ValidationError(
+                f"visibility_timeout must be between 0 and {MAX_VISIBILITY_TIMEOUT:g} seconds"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            token = secrets.randbits(62) | 1
+            receive = partial(
+                self._receive,
+                queue=queue,
+                limit=max_messages,
+                visibility_timeout=visibility_timeout,
+                token=token,
+                now=self._now(),
+            )
+            rows = await self._writer.submit(receive)
+            if rows or not await self._wait_for_messages(queue, deadline):
+                hex_token = f"{token:x}"
+                return [_to_message(row, hex_token) for row in rows]
+
+    async def _wait_for_messages(self, queue: str, deadline: float) -> bool:
+        """Wait until a message may be visible (True) or the deadline passed (False)."""
+        loop = asyncio.get_running_loop()
+        while (remaining := deadline - loop.time()) > 0:
+            event = self._wakeups.setdefault(queue, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, POLL_INTERVAL))
+                return True
+            except TimeoutError:
+                pass
+            if await self._reader.run(partial(self._any_visible, queue=queue, now=self._now())):
+                return True
+        return False
+
+    @staticmethod
+    def _any_visible(conn: sqlite3.Connection, queue: str, now: int) -> bool:
+        qid = _queue_id(conn, queue)
+        if qid is None:
+            return True  # let the receive itself report the missing queue
+        query = "SELECT 1 FROM messages WHERE qid = ? AND visible_at <= ? LIMIT 1"
+        return conn.execute(query, (qid, now)).fetchone() is not None
+
+    def _wake(self, queue: str) -> None:
+        event = self._wakeups.pop(queue, None)
+        if event is not None:
+            event.set()
+
+    def _receive(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        limit: int,
+        visibility_timeout: float | None,
+        token: int,
+        now: int,
+    ) -> list[Row]:
+        qid, config = _find_queue(conn, queue)
+        cutoff = now - _ms(config.retention)
+        self._sweep(conn, qid, now, cutoff)
+        timeout = config.visibility_timeout if visibility_timeout is None else visibility_timeout
+        params = {"qid": qid, "now": now, "until": now + _ms(timeout), "token": token}
+        dlq = _queue_id(conn, config.dead_letter) if config.dead_letter else None
+        max_count = config.max_receive_count or 0
+        reason = f"maxReceiveCount {max_count} reached"
+        delivered: list[Row] = []
+        while len(delivered) < limit:
+            wanted = limit - len(delivered)
+            if config.fifo:
+                ids = self._fifo_candidates(conn, qid, now, cutoff, wanted)
+                ids_json = orjson.dumps(ids)
+                rows = conn.execute(sql.RECEIVE_IDS, {**params, "ids": ids_json}).fetchall()
+            else:
+                rows = conn.execute(
+                    sql.RECEIVE_STANDARD, {**params, "cutoff": cutoff, "limit": wanted}
+                ).fetchall()
+            if dlq is None:
+                delivered += rows
+                break
+            # The receive that would exceed max_receive_count moves the message instead.
+            dead = [r[0] for r in rows if r[4] > max_count]
+            delivered += [r for r in rows if r[4] <= max_count]
+            if not dead:
+                break
+            _move(conn, dead, dlq, now, reason)
+        if config.fifo:
+            delivered.sort(key=lambda r: r[0])
+        return delivered
+
+    @staticmethod
+    def _fifo_candidates(
+        conn: sqlite3.Connection, qid: int, now: int, cutoff: int, limit: int
+    ) -> list[int]:
+        """Ids to deliver: per group not held by a receiver, its leading visible messages."""
+        seen = {g for (g,) in conn.execute(sql.HELD_GROUPS, (qid, now))}
+        ids: list[int] = []
+        groups = conn.execute(sql.VISIBLE_GROUPS, (qid, now, cutoff))
+        try:
+            for (group,) in groups:
+                if group in seen:
+                    continue
+                seen.add(group)
+                for row_id, visible_at, sent_at in conn.execute(
+                    sql.GROUP_HEAD, (qid, group, limit - len(ids))
+                ).fetchall():
+                    if visible_at > now:
+                        break  # a delayed message keeps the ones after it waiting
+                    if sent_at >= cutoff:
+                        ids.append(row_id)
+                if len(ids) >= limit:
+                    break
+        finally:
+            groups.close()
+        return ids
+
+    def _sweep(self, conn: sqlite3.Connection, qid: int, now: int, cutoff: int) -> None:
+        """Delete expired messages and dedup entries, at most once a minute per queue."""
+        if now < self._next_sweep.get(qid, 0):
+            return
+        self._next_sweep[qid] = now + SWEEP_INTERVAL_MS
+        conn.execute("DELETE FROM messages WHERE qid = ? AND sent_at < ?", (qid, cutoff))
+        conn.execute("DELETE FROM dedup WHERE qid = ? AND expires_at <= ?", (qid, now))
+
+    async def delete(self, queue: str, receipt_handles: Sequence[str]) -> list[bool]:
+        parsed = [_parse_receipt(h) for h in receipt_handles]
+        if not parsed:
+            return []
+
+        def op(conn: sqlite3.Connection) -> set[tuple[int, int]]:
+            qid, _ = _find_queue(conn, queue)
+            rows = conn.execute(sql.DELETE_BY_RECEIPT, (orjson.dumps(parsed), qid)).fetchall()
+            return {(r[0], r[1]) for r in rows}
+
+        deleted = await self._writer.submit(op)
+        return [handle in deleted for handle in parsed]
+
+    async def change_visibility(self, queue: str, receipt_handle: str, timeout: float) -> bool:
+        row_id, token = _parse_receipt(receipt_handle)
+        if not 0 <= timeout <= MAX_VISIBILITY_TIMEOUT:
+            raise ValidationError(
+                f"visibility timeout must be between 0 and {MAX_VISIBILITY_TIMEOUT:g} seconds"
+            )
+        until = self._now() + _ms(timeout)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            qid, _ = _find_queue(conn, queue)
+            cursor = conn.execute(
+                "UPDATE messages SET visible_at = ? WHERE id = ? AND token = ? AND qid = ?",
+                (until, row_id, token, qid),
+            )
+            return cursor.rowcount == 1
+
+        changed = await self._writer.submit(op)
+        if changed and timeout == 0:
+            self._wake(queue)
+        return changed
+
+    async def dead_letter(self, queue: str, receipt_handle: str, reason: str) -> bool:
+        row_id, token = _parse_receipt(receipt_handle)
+        now = self._now()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            qid, config = _find_queue(conn, queue)
+            held = conn.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND token = ? AND qid = ?",
+                (row_id, token, qid),
+            ).fetchone()
+            if held is None:
+                return False
+            dlq = _queue_id(conn, config.dead_letter) if config.dead_letter else None
+            if dlq is None:
+                conn.execute("DELETE FROM messages WHERE id = ?", (row_id,))
+            else:
+                _move(conn, [row_id], dlq, now, reason)
+            return True
+
+        return await self._writer.submit(op)
+
+    async def purge(self, queue: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            qid, _ = _find_queue(conn, queue)
+            return conn.execute("DELETE FROM messages WHERE qid = ?", (qid,)).rowcount
+
+        return await self._writer.submit(op)
+
+    async def stats(self, queue: str) -> QueueStats:
+        now = self._now()
+
+        def query(conn: sqlite3.Connection) -> QueueStats:
+            qid, config = _find_queue(conn, queue)
+            visible, in_flight, delayed, oldest = conn.execute(
+                "SELECT TOTAL(visible_at <= :now), TOTAL(visible_at > :now AND receive_count > 0),"
+                " TOTAL(visible_at > :now AND receive_count = 0), MIN(sent_at)"
+                " FROM messages WHERE qid = :qid AND sent_at >= :cutoff",
+                {"qid": qid, "now": now, "cutoff": now - _ms(config.retention)},
+            ).fetchone()
+            age = max(0.0, (now - oldest) / 1000) if oldest is not None else 0.0
+            return QueueStats(queue, int(visible), int(in_flight), int(delayed), age)
+
+        return await self._reader.run(query)
+
+    async def redrive(
+        self, dead_letter_queue: str, to: str | None = None, limit: int | None = None
+    ) -> int:
+        if limit is not None and limit < 1:
+            raise ValidationError("redrive limit must be positive")
+        now = self._now()
+
+        def op(conn: sqlite3.Connection) -> tuple[int, str]:
+            dlq, dlq_config = _find_queue(conn, dead_letter_queue)
+            target_name = to or self._redrive_source(conn, dead_letter_queue)
+            target, target_config = _find_queue(conn, target_name)
+            if target == dlq:
+                raise ValidationError("cannot redrive a queue into itself")
+            if target_config.fifo != dlq_config.fifo:
+                raise ValidationError("redrive needs queues of the same type (FIFO or not)")
+            moved = conn.execute(
+                "UPDATE messages SET qid = ?, visible_at = ?, token = 0, receive_count = 0,"
+                " first_receive = 0, dl_reason = NULL WHERE id IN"
+                " (SELECT id FROM messages WHERE qid = ? ORDER BY id LIMIT ?)",
+                (target, now, dlq, -1 if limit is None else limit),
+            ).rowcount
+            return moved, target_name
+
+        moved, target_name = await self._writer.submit(op)
+        if moved:
+            self._wake(target_name)
+        return moved
+
+    @staticmethod
+    def _redrive_source(conn: sqlite3.Connection, dead_letter_queue: str) -> str:
+        sources = [
+            name
+            for name, text in conn.execute("SELECT name, config FROM queues")
+            if orjson.loads(text).get("dead_letter") == dead_letter_queue
+        ]
+        if len(sources) != 1:
+            raise ValidationError(
+                f"{len(sources)} queues use {dead_letter_queue!r} as their DLQ: name the target"
+            )
+        return sources[0]

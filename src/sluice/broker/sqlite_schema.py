@@ -1,0 +1,132 @@
+"""The SQLite broker's schema, connection setup and the statements it runs.
+
+Times are integer milliseconds since the epoch. A message is *visible* when ``visible_at <= now``;
+a message with ``visible_at > now`` is *in flight* when it has been received (``receive_count >
+0``) and *delayed* otherwise. ``token`` changes on every receive; a receipt handle is
+``<id>.<token as hex>``, so a handle from an earlier receive no longer matches. ``id`` only grows
+(AUTOINCREMENT), which makes it the FIFO sequence number as well.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queues (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    qid INTEGER NOT NULL,
+    visible_at INTEGER NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    first_receive INTEGER NOT NULL DEFAULT 0,
+    sent_at INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    md5 TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attributes TEXT,
+    group_id TEXT,
+    dedup_id TEXT,
+    dl_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (qid, visible_at);
+CREATE INDEX IF NOT EXISTS messages_group ON messages (qid, group_id, id)
+    WHERE group_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dedup (
+    qid INTEGER NOT NULL,
+    dedup_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (qid, dedup_id)
+) WITHOUT ROWID;
+"""
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (qid, visible_at, sent_at, message_id, md5, body, attributes,"
+    " group_id, dedup_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# Columns every statement that hands out messages returns, in this order.
+MESSAGE_COLUMNS = (
+    "id, message_id, body, attributes, receive_count, sent_at, first_receive, md5,"
+    " group_id, dedup_id, dl_reason"
+)
+
+_MARK_RECEIVED = (
+    "UPDATE messages SET visible_at = :until, token = :token, receive_count = receive_count + 1,"
+    " first_receive = CASE first_receive WHEN 0 THEN :now ELSE first_receive END"
+)
+
+RECEIVE_STANDARD = (
+    f"{_MARK_RECEIVED} WHERE id IN (SELECT id FROM messages WHERE qid = :qid"
+    " AND visible_at <= :now AND sent_at >= :cutoff ORDER BY visible_at LIMIT :limit)"
+    f" RETURNING {MESSAGE_COLUMNS}"
+)
+
+RECEIVE_IDS = (
+    f"{_MARK_RECEIVED} WHERE id IN (SELECT value FROM json_each(:ids)) RETURNING {MESSAGE_COLUMNS}"
+)
+
+# FIFO: groups that have a message in flight deliver nothing.
+HELD_GROUPS = (
+    "SELECT DISTINCT group_id FROM messages WHERE qid = ? AND visible_at > ? AND receive_count > 0"
+)
+VISIBLE_GROUPS = (
+    "SELECT group_id FROM messages WHERE qid = ? AND visible_at <= ? AND sent_at >= ?"
+    " ORDER BY visible_at"
+)
+GROUP_HEAD = (
+    "SELECT id, visible_at, sent_at FROM messages WHERE qid = ? AND group_id = ?"
+    " ORDER BY id LIMIT ?"
+)
+
+DELETE_BY_RECEIPT = (
+    "DELETE FROM messages WHERE id IN (SELECT m.id FROM json_each(?) AS j JOIN messages AS m"
+    " ON m.id = j.value ->> 0 AND m.token = j.value ->> 1 WHERE m.qid = ?) RETURNING id, token"
+)
+
+MOVE_TO = (
+    "UPDATE messages SET qid = :to, visible_at = :now, token = 0, receive_count = 0,"
+    " first_receive = 0, dl_reason = :reason WHERE id IN (SELECT value FROM json_each(:ids))"
+)
+
+
+def connect(path: Path, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, fsync on commit."""
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        for name, value in pragmas.items():
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"not a pragma name: {name!r}")
+            conn.execute(f"PRAGMA {name} = {int(value) if isinstance(value, int) else value!r}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -130,6 +130,10 @@ def test_numbers_compare_by_value_and_booleans_are_not_numbers() -> None:
     assert not matches({"n": [1]}, {"n": True})
     assert not matches({"b": [True]}, {"b": 1})
     assert not matches({"n": [{"numeric": [">=", 0]}]}, {"n": False})
+    huge = 10**400  # beyond any float: compared exactly, never an OverflowError
+    assert not matches({"n": [1]}, {"n": huge})
+    assert matches({"n": [{"numeric": [">", 1e300]}]}, {"n": huge})
+    assert matches({"n": [{"anything-but": [1]}]}, {"n": huge})
 
 
 @pytest.mark.parametrize(

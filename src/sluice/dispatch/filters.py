@@ -156,7 +156,8 @@ def _key(value: Any) -> Any:
     if isinstance(value, bool):
         return ("b", value)
     if isinstance(value, (int, float)):
-        return ("n", float(value))
+        # Equal ints and floats are equal keys (5 meets 5.0), with no float() to overflow.
+        return ("n", value)
     return ("?", id(value))
 
 

@@ -1,0 +1,88 @@
+"""The control API next to the routes: Lambda's Invoke API (so `sluice invoke`, `sluice.Client`
+and even boto3's Lambda client can invoke functions) and the platform's status.
+
+It is a privileged surface. It answers only when the platform enables it: `sluice dev` enables it
+for loopback clients; any role enables it for clients presenting `SLUICE_CONTROL_TOKEN` as a
+bearer token. Everyone else gets the ordinary 404 of an unknown route.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sluice.errors import SluiceError, ValidationError
+from sluice.gateway.wire import JSON, Request, Response, error_response, json_response
+
+INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([A-Za-z0-9_.:-]+)/invocations$")
+STATUS_PATH = "/_sluice/status"
+LOG_TAIL = 4096  # Lambda returns the last 4 KB of the log with LogType=Tail
+
+ControlHandler = Callable[[Request], Awaitable[Response | None]]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Control:
+    def __init__(self, platform: Any, *, loopback: bool, token: str | None) -> None:
+        self._platform = platform
+        self._loopback = loopback
+        self._token = token.encode() if token else None
+
+    def _allowed(self, request: Request) -> bool:
+        if self._token is not None:
+            given = (request.header("authorization") or "").removeprefix("Bearer ").encode()
+            if hmac.compare_digest(given, self._token):
+                return True
+        return self._loopback and _is_loopback(request.client[0])
+
+    async def __call__(self, request: Request) -> Response | None:
+        """A response for a control request, or None when the request is not one."""
+        match = INVOKE_PATH.match(request.path) if request.method == "POST" else None
+        is_status = request.method == "GET" and request.path == STATUS_PATH
+        if (match is None and not is_status) or not self._allowed(request):
+            return None
+        try:
+            if is_status:
+                return json_response(200, await self._platform.status())
+            assert match is not None
+            return await self._invoke(match.group(1).split(":")[0], request)
+        except SluiceError as exc:
+            response = error_response(exc)
+            response.headers.append(("x-amzn-errortype", exc.code))
+            return response
+
+    async def _invoke(self, function: str, request: Request) -> Response:
+        kind = request.header("x-amz-invocation-type") or "RequestResponse"
+        payload = request.body or b"{}"
+        if kind == "Event":
+            request_id = await self._platform.submit(function, payload)
+            return Response(202, [("x-amzn-requestid", request_id)])
+        if kind == "DryRun":
+            self._platform.app.get_function(function)
+            return Response(204)
+        if kind != "RequestResponse":
+            raise ValidationError(
+                f"X-Amz-Invocation-Type {kind!r} is not one of RequestResponse, Event, DryRun"
+            )
+        result = await self._platform.invoke(function, payload)
+        headers = [
+            ("content-type", JSON),
+            ("x-amzn-requestid", result.request_id),
+            ("x-amz-executed-version", "$LATEST"),
+        ]
+        if result.function_error:
+            headers.append(("x-amz-function-error", result.function_error))
+        if (request.header("x-amz-log-type") or "") == "Tail":
+            tail = result.logs.encode()[-LOG_TAIL:]
+            headers.append(("x-amz-log-result", base64.b64encode(tail).decode()))
+        return Response(200, headers, result.payload)

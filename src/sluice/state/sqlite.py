@@ -111,8 +111,8 @@ class SQLiteState:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn)
-        except sqlite3.OperationalError as exc:
-            # "database is locked" after busy_timeout, or the file cannot be opened/written.
+        except (sqlite3.OperationalError, OSError) as exc:
+            # "database is locked" after busy_timeout, or the file cannot be created/opened.
             raise Unavailable(f"state database {self.path}: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:

@@ -1,0 +1,1 @@
+"""What a user would pick instead of Sluice, set up the way its documentation suggests."""

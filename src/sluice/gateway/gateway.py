@@ -1,0 +1,161 @@
+"""`Gateway`: the app's routes and rules behind the hardened HTTP server.
+
+Order of evaluation for a request: Sluice's own ``/_sluice/*`` endpoints; a CORS preflight
+(when the API has CORS); ALB rules by priority; API Gateway routes (``$default`` included); the
+ALB default rule; otherwise 404. Every response carries the request id header
+(``apigw-requestid`` by default) and, for allowed origins, the CORS headers; every request is
+logged as one JSON line on the ``sluice.gateway.access`` logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import orjson
+
+from sluice.app import App
+from sluice.broker.contract import Broker
+from sluice.errors import SluiceError, Unavailable
+from sluice.gateway.config import GatewayConfig
+from sluice.gateway.cors import Cors
+from sluice.gateway.errors import RouteNotFound
+from sluice.gateway.openapi import openapi_document
+from sluice.gateway.routing import RouteTable
+from sluice.gateway.rules import RuleTable
+from sluice.gateway.server import HttpServer
+from sluice.gateway.targets import Binding, Collaborators, Endpoint, SubmitAsync, build_target
+from sluice.gateway.wire import JSON, Request, Response, error_response, json_response
+from sluice.runtime.contract import Invoker
+
+log = logging.getLogger("sluice.gateway")
+access_log = logging.getLogger("sluice.gateway.access")
+
+INTERNAL_PREFIX = "/_sluice/"
+READY_TIMEOUT = 2.0
+
+
+class Gateway:
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        invoker: Invoker,
+        submit_async: SubmitAsync,
+        config: GatewayConfig | None = None,
+    ) -> None:
+        self.app = app
+        self.broker = broker
+        self.config = config or GatewayConfig()
+        c = Collaborators(app, broker, invoker, submit_async, self.config)
+        self.routes = RouteTable(app.routes)
+        self.rules = RuleTable(app.rules)
+        # One endpoint per route and rule, built once; looked up by the spec's identity.
+        self._route_endpoints: dict[int, tuple[str, Endpoint]] = {}
+        for route in self.routes.routes:
+            s = route.spec
+            binding = Binding(s.route_key, timeout=s.timeout, forward_headers=s.forward_headers)
+            self._route_endpoints[id(s)] = (s.route_key, build_target(s.target, binding, c))
+        self._rule_endpoints: dict[int, tuple[str, Endpoint]] = {}
+        for r in app.rules:
+            key = f"rule:{r.priority if r.priority is not None else 'default'}"
+            binding = Binding(
+                key,
+                alb=True,
+                multi_value_headers=r.multi_value_headers,
+                timeout=r.timeout,
+                forward_headers=r.forward_headers,
+            )
+            self._rule_endpoints[id(r)] = (key, build_target(r.target, binding, c))
+        self.cors = Cors(app.cors_config) if app.cors_config is not None else None
+        self._openapi = orjson.dumps(openapi_document(app))
+        self._server = HttpServer(self.config, self.handle)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def serve(self, host: str, port: int) -> None:
+        """Start listening (``port`` 0 picks a free one; see `port`) and return."""
+        await self._server.start(host, port)
+        log.info("gateway for %s listening on %s:%d", self.app.name, host, self.port)
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop accepting connections and let in-flight requests finish within ``grace`` s."""
+        await self._server.close(grace)
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        key = "-"
+        try:
+            key, response = await self._dispatch(request)
+        except SluiceError as exc:
+            response = error_response(exc, self.config.retry_after)
+        except Exception:
+            log.exception("request %s failed", request.request_id)
+            response = json_response(
+                500, {"error": "InternalError", "message": "internal gateway error"}
+            )
+        if self.cors is not None:
+            self.cors.decorate(request, response)
+        if self.config.access_log and access_log.isEnabledFor(logging.INFO):
+            self._log(request, response, key, started)
+        return response
+
+    async def _dispatch(self, request: Request) -> tuple[str, Response]:
+        path = request.path
+        if path.startswith(INTERNAL_PREFIX):
+            return "internal", await self._internal(request)
+        if self.cors is not None and self.cors.is_preflight(request):
+            return "cors-preflight", self.cors.preflight(request)
+        rule = self.rules.match(request) if self.rules.rules else None
+        if rule is not None:
+            key, endpoint = self._rule_endpoints[id(rule)]
+            return key, await endpoint(request, {})
+        found = self.routes.match(request.method, path)
+        if found is not None:
+            route, params = found
+            key, endpoint = self._route_endpoints[id(route.spec)]
+            return key, await endpoint(request, params)
+        if self.rules.default is not None:
+            key, endpoint = self._rule_endpoints[id(self.rules.default)]
+            return key, await endpoint(request, {})
+        raise RouteNotFound(f"no route matches {request.method} {path}")
+
+    async def _internal(self, request: Request) -> Response:
+        name = request.path[len(INTERNAL_PREFIX) :]
+        if name == "health":
+            return json_response(200, {"status": "ok"})
+        if name == "ready":
+            try:
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await self.broker.list_queues()
+            except (TimeoutError, SluiceError, OSError) as exc:
+                raise Unavailable(f"the broker is not reachable: {exc!r}") from None
+            return json_response(200, {"status": "ready"})
+        if name == "openapi.json":
+            return Response(200, [(b"content-type", JSON)], self._openapi)
+        raise RouteNotFound(f"no Sluice endpoint {request.path}")
+
+    def _log(self, request: Request, response: Response, key: str, started: float) -> None:
+        line = {
+            "requestId": request.request_id,
+            "ip": request.client[0],
+            "time": request.time,
+            "method": request.method,
+            "path": request.path,
+            "routeKey": key,
+            "status": response.status,
+            "bytes": len(response.body) if response.stream is None else None,
+            "durationMs": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if response.status >= 400 and response.stream is None:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                line["error"] = orjson.loads(response.body).get("error")
+        access_log.info(orjson.dumps(line).decode())

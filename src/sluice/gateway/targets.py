@@ -1,0 +1,329 @@
+"""Targets: what a matched route or rule does with a request.
+
+Each target is built once per route/rule at start-up (`build_target`) into a small callable
+``(request, path_parameters) -> Response``; errors are raised as `SluiceError`s for the gateway
+to answer uniformly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from sluice.app import App, FixedResponse, Redirect, Target
+from sluice.broker.contract import Broker, OutgoingMessage
+from sluice.config import ACCOUNT_ID
+from sluice.errors import QueueFull, Throttled, ValidationError
+from sluice.events.http import (
+    HttpRequest,
+    HttpResponse,
+    alb_event,
+    alb_response,
+    apigw_v2_event,
+    apigw_v2_response,
+)
+from sluice.gateway.config import GatewayConfig
+from sluice.gateway.errors import FunctionFailed, IntegrationTimeout
+from sluice.gateway.proxy import ReverseProxy
+from sluice.gateway.wire import Request, Response, json_response
+from sluice.runtime.contract import Invoker
+
+log = logging.getLogger("sluice.gateway")
+
+SubmitAsync = Callable[[str, bytes], Awaitable[str]]
+# FIFO queue targets take the group and deduplication ids from these request headers.
+GROUP_ID_HEADER = "x-message-group-id"
+DEDUP_ID_HEADER = "x-message-deduplication-id"
+BODY_ENCODING_ATTRIBUTE = "sluice-body-encoding"
+
+
+class Endpoint(Protocol):
+    def __call__(self, request: Request, params: dict[str, str]) -> Awaitable[Response]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Where a target came from: an API Gateway route (payload 2.0) or an ALB rule."""
+
+    route_key: str  # "$default", "GET /x", or "rule:PRIORITY" / "rule:default"
+    alb: bool = False
+    multi_value_headers: bool = False
+    timeout: float | None = None
+    forward_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Collaborators:
+    app: App
+    broker: Broker
+    invoker: Invoker
+    submit_async: SubmitAsync
+    config: GatewayConfig
+
+
+def to_event_request(request: Request) -> HttpRequest:
+    return HttpRequest(
+        method=request.method,
+        raw_path=request.path,
+        raw_query=request.query,
+        headers=request.headers,
+        body=request.body,
+        client_ip=request.client[0],
+        host=request.header("host") or "",
+        protocol=f"HTTP/{request.http_version}",
+        request_id=request.request_id,
+        time=request.time,
+    )
+
+
+def from_event_response(response: HttpResponse) -> Response:
+    return Response(response.status, response.headers, response.body, response.reason)
+
+
+class EventBuilder:
+    """Turns a request into the function's event and its result back into a response."""
+
+    def __init__(self, binding: Binding, app: App) -> None:
+        self.binding = binding
+        self.api_id = app.name
+        self.target_group = (
+            f"arn:aws:elasticloadbalancing:local:{ACCOUNT_ID}:targetgroup/"
+            f"{app.name}-{binding.route_key.replace(':', '-')}/sluice"
+        )
+
+    def event(self, request: Request, params: dict[str, str]) -> bytes:
+        req = to_event_request(request)
+        if self.binding.alb:
+            event = alb_event(
+                req,
+                target_group_arn=self.target_group,
+                multi_value_headers=self.binding.multi_value_headers,
+            )
+        else:
+            event = apigw_v2_event(
+                req,
+                route_key=self.binding.route_key,
+                path_parameters=params,
+                api_id=self.api_id,
+                account=ACCOUNT_ID,
+            )
+        return orjson.dumps(event)
+
+    def response(self, payload: bytes) -> Response:
+        if self.binding.alb:
+            converted = alb_response(payload, multi_value_headers=self.binding.multi_value_headers)
+        else:
+            converted = apigw_v2_response(payload)
+        return from_event_response(converted)
+
+
+class SyncFunction:
+    """Lambda proxy integration: invoke and wait, within the integration timeout."""
+
+    def __init__(self, function: str, binding: Binding, c: Collaborators) -> None:
+        self.function = function
+        self.events = EventBuilder(binding, c.app)
+        self.invoker = c.invoker
+        self.timeout = binding.timeout or c.config.integration_timeout
+        self.retry_after = c.config.retry_after
+
+    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+        payload = self.events.event(request, params)
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await self.invoker.invoke(
+                    self.function, payload, request_id=request.request_id
+                )
+        except TimeoutError:
+            raise IntegrationTimeout(
+                f"function {self.function!r} did not answer within {self.timeout:g} s"
+            ) from None
+        except Throttled as exc:
+            exc.retry_after = exc.retry_after or self.retry_after
+            raise
+        if not result.ok:
+            error = result.error() or {}
+            log.info("function %s failed: %s", self.function, error)
+            raise FunctionFailed(
+                f"function {self.function!r} failed ({result.function_error}: "
+                f"{error.get('errorType', 'Error')})"
+            )
+        try:
+            return self.events.response(result.payload)
+        except ValueError as exc:
+            raise FunctionFailed(
+                f"function {self.function!r} returned an invalid response: {exc}"
+            ) from None
+
+
+class AsyncFunction:
+    """Event invoke: the event is stored durably, then 202 with the invocation's request id."""
+
+    def __init__(self, function: str, binding: Binding, c: Collaborators) -> None:
+        self.function = function
+        self.events = EventBuilder(binding, c.app)
+        self.submit = c.submit_async
+
+    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+        request_id = await self.submit(self.function, self.events.event(request, params))
+        return json_response(202, {"requestId": request_id})
+
+
+class BacklogGuard:
+    """Refuses sends while a queue holds ``max_backlog`` messages. The broker's count is re-read
+    at most every ``interval`` seconds (by one request at a time); sends made since are added,
+    so a burst cannot overshoot by more than what one refresh interval lets through."""
+
+    def __init__(self, broker: Broker, queue: str, limit: int, interval: float, wait: float):
+        self.broker = broker
+        self.queue = queue
+        self.limit = limit
+        self.interval = interval
+        self.wait = wait
+        self._count = 0
+        self._read_at = -1e9
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def check(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._read_at > self.interval and self._refresh is None:
+            self._refresh = asyncio.get_running_loop().create_task(self._read(now))
+        if self._read_at < 0 and self._refresh is not None:
+            await asyncio.shield(self._refresh)  # nothing measured yet: wait for the first count
+        if self._count >= self.limit:
+            raise QueueFull(
+                f"queue {self.queue!r} holds {self._count} messages (max_backlog {self.limit})",
+                retry_after=self.wait,
+            )
+
+    def sent(self) -> None:
+        self._count += 1
+
+    async def _read(self, now: float) -> None:
+        try:
+            self._count = (await self.broker.stats(self.queue)).total
+            self._read_at = now
+        finally:
+            self._refresh = None
+
+
+class QueueTarget:
+    """The request body (and chosen headers, as message attributes) becomes a message; 202 with
+    the message id once it is durable."""
+
+    def __init__(self, queue: str, binding: Binding, c: Collaborators) -> None:
+        config = c.app.queues.get(queue)
+        self.queue = queue
+        self.broker = c.broker
+        self.fifo = queue.endswith(".fifo")
+        self.forward = tuple(h.lower() for h in binding.forward_headers)
+        self.guard = (
+            BacklogGuard(
+                c.broker,
+                queue,
+                config.max_backlog,
+                c.config.backlog_check_interval,
+                c.config.retry_after,
+            )
+            if config is not None and config.max_backlog is not None
+            else None
+        )
+
+    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+        if self.guard is not None:
+            await self.guard.check()
+        message = self._message(request)
+        result = (await self.broker.send(self.queue, [message]))[0]
+        if self.guard is not None:
+            self.guard.sent()
+        return json_response(202, {"messageId": result.message_id})
+
+    def _message(self, request: Request) -> OutgoingMessage:
+        attributes: dict[str, dict[str, str]] = {}
+        for name in self.forward:
+            value = request.header(name)
+            if value is not None:
+                attributes[name] = {"DataType": "String", "StringValue": value}
+        try:
+            body = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            body = base64.b64encode(request.body).decode("ascii")
+            attributes[BODY_ENCODING_ATTRIBUTE] = {"DataType": "String", "StringValue": "base64"}
+        group = dedup = None
+        if self.fifo:
+            group = request.header(GROUP_ID_HEADER)
+            dedup = request.header(DEDUP_ID_HEADER)
+            if not group:
+                raise ValidationError(
+                    f"queue {self.queue!r} is FIFO: send the {GROUP_ID_HEADER} header"
+                )
+        return OutgoingMessage(body, attributes, group_id=group, deduplication_id=dedup)
+
+
+class Fixed:
+    def __init__(self, action: FixedResponse) -> None:
+        self.response = Response(
+            action.status, [(b"content-type", action.content_type.encode())], action.body.encode()
+        )
+
+    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+        r = self.response
+        return Response(r.status, list(r.headers), r.body)
+
+
+class RedirectTarget:
+    """ALB redirect: each URL part is a template over the request's own parts."""
+
+    def __init__(self, action: Redirect) -> None:
+        self.action = action
+
+    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+        a = self.action
+        tail = (request.header("host") or "").rsplit("]", 1)[-1]  # past an IPv6 literal
+        _, sep, port = tail.rpartition(":")
+        values = {
+            "#{protocol}": "http",
+            "#{host}": request.host,
+            "#{port}": port if sep and port.isdigit() else str(request.server_port),
+            "#{path}": request.path.lstrip("/"),
+            "#{query}": request.query,
+        }
+
+        def fill(template: str) -> str:
+            for key, value in values.items():
+                template = template.replace(key, value)
+            return template
+
+        protocol = fill(a.protocol).lower()
+        port = fill(a.port)
+        default_port = {"http": "80", "https": "443"}.get(protocol)
+        netloc = fill(a.host) + ("" if port == default_port else f":{port}")
+        path = fill(a.path)
+        query = fill(a.query)
+        location = f"{protocol}://{netloc}{path if path.startswith('/') else '/' + path}"
+        if query:
+            location += f"?{query}"
+        return Response(a.status, [(b"location", location.encode())])
+
+
+def build_target(target: Target, binding: Binding, c: Collaborators) -> Endpoint:
+    if isinstance(target, FixedResponse):
+        return Fixed(target)
+    if isinstance(target, Redirect):
+        return RedirectTarget(target)
+    kind, _, name = target.partition(":")
+    if kind == "function":
+        return SyncFunction(name, binding, c)
+    if kind == "async":
+        return AsyncFunction(name, binding, c)
+    if kind == "queue":
+        return QueueTarget(name, binding, c)
+    if kind == "proxy":
+        return ReverseProxy(name, binding.timeout or c.config.integration_timeout, c.config)
+    raise ValidationError(f"unknown target {target!r}")

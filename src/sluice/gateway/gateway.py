@@ -1,10 +1,10 @@
 """`Gateway`: the app's routes and rules behind the hardened HTTP server.
 
-Order of evaluation for a request: Sluice's own ``/_sluice/*`` endpoints; a CORS preflight
-(when the API has CORS); ALB rules by priority; API Gateway routes (``$default`` included); the
-ALB default rule; otherwise 404. Every response carries the request id header
-(``apigw-requestid`` by default) and, for allowed origins, the CORS headers; every request is
-logged as one JSON line on the ``sluice.gateway.access`` logger.
+Order of evaluation for a request: the control hook, if any; Sluice's ``/_sluice/*``
+endpoints; a CORS preflight (when the API has CORS); ALB rules by priority; API Gateway routes
+(``$default`` included); the ALB default rule; otherwise 404. Every response carries the
+request id header (``apigw-requestid`` by default) and, for allowed origins, the CORS headers;
+every request is logged as one JSON line on the ``sluice.gateway.access`` logger.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -34,6 +35,8 @@ log = logging.getLogger("sluice.gateway")
 access_log = logging.getLogger("sluice.gateway.access")
 
 INTERNAL_PREFIX = "/_sluice/"
+# A hook answering privileged requests (e.g. `sluice.gateway.control.Control`) or passing (None).
+ControlHook = Callable[[Request], Awaitable[Response | None]]
 READY_TIMEOUT = 2.0
 
 
@@ -45,8 +48,11 @@ class Gateway:
         invoker: Invoker,
         submit_async: SubmitAsync,
         config: GatewayConfig | None = None,
+        *,
+        control: ControlHook | None = None,
     ) -> None:
         self.app = app
+        self.control = control
         self.broker = broker
         self.config = config or GatewayConfig()
         c = Collaborators(app, broker, invoker, submit_async, self.config)
@@ -110,6 +116,10 @@ class Gateway:
 
     async def _dispatch(self, request: Request) -> tuple[str, Response]:
         path = request.path
+        if self.control is not None:
+            answer = await self.control(request)
+            if answer is not None:
+                return "control", answer
         if path.startswith(INTERNAL_PREFIX):
             return "internal", await self._internal(request)
         if self.cors is not None and self.cors.is_preflight(request):

@@ -73,7 +73,8 @@ class QueueFull(SluiceError):
 
 
 class Unavailable(SluiceError):
-    """A backend (broker, state) cannot be reached: the request was NOT stored."""
+    """A backend (broker, state) cannot be reached. For a send or a gateway request this means
+    it was not acknowledged; the message says when a write's outcome is unknown."""
 
     code = "ServiceUnavailable"
     status = 503

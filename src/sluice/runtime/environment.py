@@ -1,0 +1,149 @@
+"""The loop inside one execution environment (a process forked from the template).
+
+One invocation at a time: read an invoke frame, build the context, run the handler, answer with
+the serialised result or Lambda's error object. The handler's module was imported by the
+template before the fork, so nothing here imports user code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import resource
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sluice.runtime import faults, wire
+from sluice.runtime.capture import OutputCapture, RequestIdFilter
+from sluice.runtime.context import LambdaContext, function_arn
+
+_DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: Any) -> Any:
+    # The AWS runtime serialises Decimal (what DynamoDB returns) as a number; so do we.
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentConfig:
+    """What the supervisor tells the template about the environment it wants."""
+
+    function: str
+    memory: int
+    timeout: float
+    environment: Mapping[str, str]
+    log_stream: str
+    requested_at: float  # time.monotonic() when the supervisor asked for this environment
+    provisioned: bool = False
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "function": self.function,
+            "memory": self.memory,
+            "timeout": self.timeout,
+            "environment": dict(self.environment),
+            "log_stream": self.log_stream,
+            "requested_at": self.requested_at,
+            "provisioned": self.provisioned,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> EnvironmentConfig:
+        return cls(
+            function=header["function"],
+            memory=int(header["memory"]),
+            timeout=float(header["timeout"]),
+            environment=dict(header["environment"]),
+            log_stream=header["log_stream"],
+            requested_at=float(header["requested_at"]),
+            provisioned=bool(header.get("provisioned", False)),
+        )
+
+
+class Environment:
+    def __init__(
+        self,
+        sock: socket.socket,
+        config: EnvironmentConfig,
+        handler: Callable[[Any, Any], Any],
+        capture: OutputCapture,
+        stamp: RequestIdFilter,
+    ) -> None:
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+        self._config = config
+        self._handler = handler
+        self._capture = capture
+        self._stamp = stamp
+        self._loop: asyncio.AbstractEventLoop | None = None  # made on the first async handler
+        self._arn = function_arn(config.function)
+        self._memory = str(config.memory)
+
+    def serve(self) -> None:
+        """Answer invocations until the supervisor closes the socket."""
+        init_ms: float | None = None
+        if not self._config.provisioned:
+            init_ms = (time.monotonic() - self._config.requested_at) * 1000.0
+        while (frame := wire.read(self._reader)) is not None:
+            header, body = self._invoke(*frame)
+            if init_ms is not None:
+                header["init"] = init_ms
+                init_ms = None
+            wire.write(self._sock, header, body)
+
+    def _invoke(self, request: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        request_id: str = request["id"]
+        try:
+            event = orjson.loads(payload) if payload else {}
+        except orjson.JSONDecodeError as exc:
+            return {"status": "invalid", "message": f"Could not parse request body: {exc}"}, b""
+        context = LambdaContext(
+            function_name=self._config.function,
+            memory_limit_in_mb=self._memory,
+            log_stream_name=self._config.log_stream,
+            aws_request_id=request_id,
+            deadline=request["deadline"],
+            invoked_function_arn=self._arn,
+            client_context=request.get("client_context"),
+            identity=request.get("identity"),
+        )
+        self._capture.reset()
+        self._stamp.request_id = request_id
+        status = "ok"
+        started = time.perf_counter()
+        try:
+            result = self._handler(event, context)
+            if hasattr(result, "__await__"):
+                result = self._event_loop().run_until_complete(result)
+        except Exception as exc:
+            status, error = "error", faults.handler_error(exc, request_id)
+        else:
+            try:
+                body = orjson.dumps(result, default=_default, option=_DUMP_OPTIONS)
+            except TypeError as exc:
+                status, error = "error", faults.marshal_error(exc, request_id)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        if status == "error":
+            self._capture.write(faults.log_line(error))
+            body = orjson.dumps(error)
+        return {
+            "status": status,
+            "ms": elapsed_ms,
+            "log": self._capture.finish(),
+            "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }, body
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        # One loop per environment, reused, so connections a handler caches stay usable.
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+        return self._loop

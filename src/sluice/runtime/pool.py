@@ -1,0 +1,428 @@
+"""`Runtime`: the supervisor. Keeps warm environments per function, forks new ones from the
+template when none is idle, enforces timeouts, memory and reserved concurrency, and turns what
+happened into an `InvocationResult` with Lambda's log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from sluice.app import FunctionSpec
+from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailable
+from sluice.limits.contract import Limiter
+from sluice.limits.local import LocalLimiter
+from sluice.runtime import faults, reports
+from sluice.runtime.context import new_log_stream_name
+from sluice.runtime.contract import InvocationResult
+from sluice.runtime.environment import EnvironmentConfig
+from sluice.runtime.handle import EnvironmentHandle, EnvironmentLost
+from sluice.runtime.zygote import TemplateLost, TemplateProcess
+
+log = logging.getLogger("sluice.runtime")
+
+LOG_TAIL = 64 * 1024  # characters of log text kept in InvocationResult.logs
+LEASE_GRACE = 10.0  # a reserved-concurrency lease outlives the function timeout by this much
+EXIT_NOTICE_WAIT = 2.0  # how long to wait for the template to report how an environment ended
+MB = 1 << 20
+
+
+class _HandlerMissing(Exception):
+    pass
+
+
+class _FunctionPool:
+    __slots__ = ("cold_starts", "envs", "idle", "spec")
+
+    def __init__(self, spec: FunctionSpec) -> None:
+        self.spec = spec
+        self.envs: set[EnvironmentHandle] = set()
+        self.idle: list[EnvironmentHandle] = []  # a stack: the most recently used is reused first
+        self.cold_starts = 0
+
+    def take_idle(self) -> EnvironmentHandle | None:
+        while self.idle:
+            env = self.idle.pop()
+            if env.alive:
+                return env
+            self.discard(env)
+        return None
+
+    def discard(self, env: EnvironmentHandle) -> None:
+        self.envs.discard(env)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(env)
+        env.close()
+
+
+class Runtime:
+    """Runs the functions of one app in execution environments (implements `Invoker`)."""
+
+    def __init__(
+        self,
+        app_ref: str,
+        functions: Mapping[str, FunctionSpec],
+        *,
+        limiter: Limiter | None = None,
+        log_dir: Path | None = None,
+        max_environments: int = 1000,  # Lambda's default account concurrency
+        poll_interval: float = 0.025,  # how often running environments' memory is checked
+    ) -> None:
+        self._app_ref = app_ref
+        self._specs = dict(functions)
+        self._limiter: Limiter = limiter if limiter is not None else LocalLimiter()
+        self._log_dir = log_dir
+        self._max_environments = max_environments
+        self._poll_interval = poll_interval
+        self._pools = {name: _FunctionPool(spec) for name, spec in self._specs.items()}
+        self._by_pid: dict[int, EnvironmentHandle] = {}
+        self._busy: set[EnvironmentHandle] = set()
+        self._template: TemplateProcess | None = None
+        self._template_lock = asyncio.Lock()
+        self._monitor: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._log_files: dict[str, TextIO] = {}
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the template (importing the app once) and the provisioned environments."""
+        await self._ensure_template()
+        self._started = True
+        await self._top_up_provisioned()
+        self._reaper = asyncio.create_task(self._reap_loop(), name="sluice-runtime-reaper")
+
+    async def close(self) -> None:
+        """Kill every environment (and whatever they spawned) and the template."""
+        self._closed = True
+        for task in (self._reaper, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for pool in self._pools.values():
+            for env in list(pool.envs):
+                pool.discard(env)
+        if self._template is not None:
+            await self._template.close()
+            self._template = None
+        for file in self._log_files.values():
+            file.close()
+        self._log_files.clear()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "warm": len(pool.envs),
+                "idle": len(pool.idle),
+                "busy": sum(1 for env in pool.envs if env.busy),
+                "cold_starts": pool.cold_starts,
+                "provisioned": pool.spec.provisioned,
+                "reserved_concurrency": pool.spec.reserved_concurrency,
+            }
+            for name, pool in self._pools.items()
+        }
+
+    # -- invoking -------------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        function: str,
+        payload: bytes,
+        *,
+        request_id: str | None = None,
+        client_context: Mapping[str, Any] | None = None,
+        identity: Mapping[str, Any] | None = None,
+    ) -> InvocationResult:
+        pool = self._pools.get(function)
+        if pool is None:
+            raise FunctionNotFound(f"function {function!r} does not exist")
+        if not self._started or self._closed:
+            raise Unavailable("the runtime is not running")
+        spec = pool.spec
+        request_id = request_id or str(uuid.uuid4())
+        key, lease = f"reserved:{function}", None
+        if spec.reserved_concurrency is not None:
+            lease = await self._limiter.acquire(
+                key, spec.reserved_concurrency, spec.timeout + LEASE_GRACE
+            )
+            if lease is None:
+                raise Throttled(
+                    f"Rate Exceeded: function {function!r} is at its reserved concurrency "
+                    f"({spec.reserved_concurrency})"
+                )
+        try:
+            env = pool.take_idle()
+            if env is None:
+                try:
+                    env = await self._spawn(pool, provisioned=False)
+                except _HandlerMissing:
+                    return self._handler_missing(spec, request_id)
+            request: dict[str, Any] = {"id": request_id}
+            if client_context:
+                request["client_context"] = dict(client_context)
+            if identity:
+                request["identity"] = dict(identity)
+            return await self._run(pool, env, request, payload)
+        finally:
+            if lease is not None:
+                await self._limiter.release(key, lease)
+
+    async def _run(
+        self,
+        pool: _FunctionPool,
+        env: EnvironmentHandle,
+        request: dict[str, Any],
+        payload: bytes,
+    ) -> InvocationResult:
+        started = time.monotonic()
+        env.deadline = request["deadline"] = started + pool.spec.timeout
+        env.busy = True
+        self._busy.add(env)
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.create_task(self._watch(), name="sluice-runtime-monitor")
+        try:
+            response, body = await env.call(request, payload)
+        except EnvironmentLost:
+            return await self._stopped(pool, env, request["id"], started)
+        except BaseException:  # cancelled mid-invocation: the handler's state is unknown
+            pool.discard(env)
+            raise
+        finally:
+            env.busy = False
+            env.deadline = math.inf
+            self._busy.discard(env)
+        return self._answered(pool, env, request["id"], response, body)
+
+    def _answered(
+        self,
+        pool: _FunctionPool,
+        env: EnvironmentHandle,
+        request_id: str,
+        response: dict[str, Any],
+        body: bytes,
+    ) -> InvocationResult:
+        if response["status"] == "invalid":
+            self._release(pool, env)
+            raise InvalidPayload(response["message"])
+        spec = pool.spec
+        cold, env.cold = env.cold, False
+        init_ms: float | None = response.get("init") if cold else None
+        if cold:
+            pool.cold_starts += 1
+        duration = float(response["ms"])
+        used = math.ceil(int(response["rss_kb"]) / 1024)
+        billed = reports.billed_ms(duration, init_ms)
+        output = env.read_output(response["log"]) if response["log"] else b""
+        logs = "".join(
+            (
+                reports.start_line(request_id),
+                output.decode("utf-8", "replace"),
+                reports.end_line(request_id),
+                reports.report_line(request_id, duration, billed, spec.memory, used, init_ms),
+            )
+        )
+        self._release(pool, env)
+        self._write_log(spec.name, logs)
+        return InvocationResult(
+            request_id=request_id,
+            payload=body,
+            function_error="Unhandled" if response["status"] == "error" else None,
+            logs=logs[-LOG_TAIL:],
+            duration_ms=duration,
+            billed_duration_ms=billed,
+            max_memory_mb=used,
+            init_duration_ms=init_ms,
+            cold=cold,
+        )
+
+    async def _stopped(
+        self, pool: _FunctionPool, env: EnvironmentHandle, request_id: str, started: float
+    ) -> InvocationResult:
+        """The environment ended mid-invocation: killed by us (timeout, memory) or on its own."""
+        spec = pool.spec
+        try:
+            status = await asyncio.wait_for(asyncio.shield(env.exit_status), EXIT_NOTICE_WAIT)
+        except TimeoutError:
+            status = None
+        duration = (time.monotonic() - started) * 1000.0
+        output = env.read_output().decode("utf-8", "replace")
+        used = math.ceil(env.peak_rss / MB)
+        if env.kill_reason == "timeout":
+            error = faults.timeout_error(request_id, spec.timeout)
+            duration = spec.timeout * 1000.0
+            output += reports.timed_out_line(request_id, spec.timeout)
+        else:
+            if env.kill_reason == "oom":
+                error = faults.out_of_memory_error(request_id)
+                used = max(used, spec.memory)
+            else:
+                error = faults.exit_error(request_id, status)
+            output += reports.runtime_error_lines(error["errorMessage"], error["errorType"])
+        cold, env.cold = env.cold, False
+        if cold:
+            pool.cold_starts += 1
+        pool.discard(env)
+        billed = reports.billed_ms(duration, None)
+        logs = "".join(
+            (
+                reports.start_line(request_id),
+                output,
+                reports.end_line(request_id),
+                reports.report_line(request_id, duration, billed, spec.memory, used, None),
+            )
+        )
+        self._write_log(spec.name, logs)
+        return InvocationResult(
+            request_id=request_id,
+            payload=orjson.dumps(error),
+            function_error="Unhandled",
+            logs=logs[-LOG_TAIL:],
+            duration_ms=duration,
+            billed_duration_ms=billed,
+            max_memory_mb=used,
+            cold=cold,
+        )
+
+    def _handler_missing(self, spec: FunctionSpec, request_id: str) -> InvocationResult:
+        error = {
+            "errorMessage": f"Handler for function {spec.name!r} missing on module {spec.module!r}",
+            "errorType": "Runtime.HandlerNotFound",
+            "requestId": request_id,
+            "stackTrace": [],
+        }
+        logs = reports.start_line(request_id) + faults.log_line(error)
+        logs += reports.end_line(request_id)
+        self._write_log(spec.name, logs)
+        return InvocationResult(request_id, orjson.dumps(error), "Unhandled", logs)
+
+    def _release(self, pool: _FunctionPool, env: EnvironmentHandle) -> None:
+        if env.kill_reason is not None or not env.alive or self._closed:
+            pool.discard(env)
+            return
+        env.idle_since = time.monotonic()
+        pool.idle.append(env)
+
+    # -- environments ---------------------------------------------------------------------
+
+    async def _ensure_template(self) -> TemplateProcess:
+        async with self._template_lock:
+            if self._template is None or not self._template.running:
+                if self._template is not None:
+                    await self._template.close()
+                template = TemplateProcess(self._app_ref, self._on_exit, self._on_template_lost)
+                await template.start()
+                self._template = template
+            return self._template
+
+    async def _spawn(self, pool: _FunctionPool, *, provisioned: bool) -> EnvironmentHandle:
+        if sum(len(p.envs) for p in self._pools.values()) >= self._max_environments:
+            raise Throttled(f"Rate Exceeded: {self._max_environments} environments are running")
+        template = await self._ensure_template()
+        spec = pool.spec
+        config = EnvironmentConfig(
+            function=spec.name,
+            memory=spec.memory,
+            timeout=spec.timeout,
+            environment=spec.environment,
+            log_stream=new_log_stream_name(),
+            requested_at=time.monotonic(),
+            provisioned=provisioned,
+        )
+        ours, theirs = socket.socketpair()
+        memfd = os.memfd_create(f"sluice-{spec.name}", os.MFD_CLOEXEC)
+        env = EnvironmentHandle(config, memfd)
+        pool.envs.add(env)
+        try:
+            await env.connect(ours)
+            try:
+                pid = await template.fork(config, theirs.fileno(), memfd)
+            finally:
+                theirs.close()
+            if pid is None:
+                raise _HandlerMissing(spec.name)
+            self._by_pid[pid] = env
+            env.forked(pid)
+        except TemplateLost as exc:
+            pool.discard(env)
+            raise Unavailable("the runtime template process stopped; retry") from exc
+        except BaseException:
+            pool.discard(env)
+            raise
+        return env
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        env = self._by_pid.pop(pid, None)
+        if env is None:
+            return
+        env.exited(status)
+        if not env.busy:  # a busy one is handled (and discarded) by its invocation
+            pool = self._pools.get(env.function)
+            if pool is not None:
+                pool.discard(env)
+
+    def _on_template_lost(self) -> None:
+        # Its environments die with it (parent-death signal); no exit notices will come.
+        for env in self._by_pid.values():
+            env.exited(None)
+        self._by_pid.clear()
+
+    async def _top_up_provisioned(self) -> None:
+        for pool in self._pools.values():
+            have = sum(1 for env in pool.envs if env.provisioned)
+            for _ in range(pool.spec.provisioned - have):
+                env = await self._spawn(pool, provisioned=True)
+                env.idle_since = time.monotonic()
+                pool.idle.insert(0, env)
+
+    # -- background -----------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """While anything runs, check deadlines and memory every poll interval."""
+        while self._busy:
+            await asyncio.sleep(self._poll_interval)
+            now = time.monotonic()
+            for env in list(self._busy):
+                env.check(now)
+
+    async def _reap_loop(self) -> None:
+        idle_timeouts = [p.spec.idle_timeout for p in self._pools.values()] or [60.0]
+        interval = min(5.0, max(0.05, min(idle_timeouts) / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for pool in self._pools.values():
+                for env in list(pool.idle):
+                    expired = now - env.idle_since >= pool.spec.idle_timeout
+                    if not env.alive or (expired and not env.provisioned):
+                        pool.discard(env)
+            try:
+                await self._top_up_provisioned()
+            except Exception:
+                log.exception("could not restart provisioned environments")
+
+    # -- logs -----------------------------------------------------------------------------
+
+    def _write_log(self, function: str, text: str) -> None:
+        if self._log_dir is None:
+            return
+        file = self._log_files.get(function)
+        if file is None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            file = self._log_files[function] = open(  # noqa: SIM115 - kept open, closed in close()
+                self._log_dir / f"{function}.log", "a", encoding="utf-8"
+            )
+        file.write(text)
+        file.flush()

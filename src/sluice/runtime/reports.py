@@ -1,0 +1,51 @@
+"""Lambda's platform log lines: START, END and REPORT, and the lines written on a failure."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from sluice.runtime.context import VERSION
+
+
+def start_line(request_id: str) -> str:
+    return f"START RequestId: {request_id} Version: {VERSION}\n"
+
+
+def end_line(request_id: str) -> str:
+    return f"END RequestId: {request_id}\n"
+
+
+def billed_ms(duration_ms: float, init_ms: float | None) -> int:
+    """Lambda bills each started millisecond, and (since August 2025) the init phase too."""
+    return max(1, math.ceil(duration_ms + (init_ms or 0.0)))
+
+
+def report_line(
+    request_id: str,
+    duration_ms: float,
+    billed: int,
+    memory_mb: int,
+    used_mb: int,
+    init_ms: float | None,
+) -> str:
+    line = (
+        f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+        f"Billed Duration: {billed} ms\tMemory Size: {memory_mb} MB\t"
+        f"Max Memory Used: {used_mb} MB"
+    )
+    if init_ms is not None:
+        line += f"\tInit Duration: {init_ms:.2f} ms"
+    return line + "\t\n"
+
+
+def timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def timed_out_line(request_id: str, timeout: float) -> str:
+    return f"{timestamp()} {request_id} Task timed out after {timeout:.2f} seconds\n"
+
+
+def runtime_error_lines(error_message: str, error_type: str) -> str:
+    return f"{error_message}\n{error_type}\n"

@@ -1,0 +1,14 @@
+"""Benchmarks are scripts, not a package: make ``benchmarks/`` and the repo root importable.
+
+Run with ``.venv/bin/pytest benchmarks/tests`` (not part of the main suite).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_BENCH_DIR = Path(__file__).resolve().parents[1]
+for _path in (str(_BENCH_DIR), str(_BENCH_DIR.parent)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)

@@ -1,0 +1,128 @@
+"""The Redis broker when its server goes away: `Unavailable` within a bounded time, and after a
+crash and restart (``appendonly yes``, ``appendfsync always``) every send that returned is there."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sluice.broker.contract import OutgoingMessage, QueueConfig
+from sluice.broker.redis import RedisBroker
+from sluice.errors import Unavailable
+from tests.redis_cluster import RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+# Connection refused: three attempts, pauses of 0.05 s and 0.2 s. Generous for a loaded machine.
+REFUSED_BOUND = 2.0
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    durable = RedisServer(
+        tmp_path / "redis", options=["--appendonly", "yes", "--appendfsync", "always"]
+    )
+    durable.start()
+    yield durable
+    durable.stop()
+
+
+async def _drain(broker: RedisBroker, queue: str) -> list[str]:
+    ids = []
+    while batch := await broker.receive(queue, 500):
+        ids += [m.message_id for m in batch]
+        assert all(await broker.delete(queue, [m.receipt_handle for m in batch]))
+    return ids
+
+
+def test_crash_gives_unavailable_fast_and_loses_no_returned_send(server: RedisServer) -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(server.url, namespace="failures")
+        await broker.start()
+        await broker.create_queue(QueueConfig("jobs"))
+        returned: list[str] = []
+        refused = 0
+        stop = asyncio.Event()
+
+        async def producer(name: str) -> None:
+            nonlocal refused
+            batch = 0
+            while not stop.is_set():
+                messages = [OutgoingMessage(f"{name}-{batch}-{k}") for k in range(20)]
+                try:
+                    results = await broker.send("jobs", messages)
+                except Unavailable:
+                    refused += 1
+                    await asyncio.sleep(0.01)
+                else:
+                    returned.extend(r.message_id for r in results)
+                batch += 1
+
+        producers = [asyncio.create_task(producer(f"p{i}")) for i in range(4)]
+        while len(returned) < 400:
+            await asyncio.sleep(0.01)
+        server.kill()  # SIGKILL while the producers are sending
+
+        for operation in (
+            lambda: broker.send("jobs", [OutgoingMessage("late")]),
+            lambda: broker.receive("jobs", 10),
+            lambda: broker.stats("jobs"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="cannot be reached"):
+                await operation()
+            assert time.monotonic() - started < REFUSED_BOUND
+        while refused < 4:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*producers)
+
+        server.start()  # same directory and port: Redis replays its append-only file
+        # The same broker reconnects on its own; every message whose send returned is there.
+        stored = await _drain(broker, "jobs")
+        assert set(returned) <= set(stored)
+        assert len(stored) == len(set(stored))
+        await broker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_server_gives_unavailable_after_the_timeout(server: RedisServer) -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(server.url, namespace="failures", timeout=0.3)
+        await broker.start()
+        await broker.create_queue(QueueConfig("jobs"))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+        try:
+            started = time.monotonic()
+            with pytest.raises(Unavailable):
+                await broker.send("jobs", [OutgoingMessage("stuck")])
+            # three attempts of at most 0.3 s each, plus 0.25 s of pauses
+            assert time.monotonic() - started < 3 * 0.3 + 0.25 + 1.0
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        # Whether "stuck" was stored is unknown to the caller; the queue works again either way.
+        await broker.send("jobs", [OutgoingMessage("after")])
+        assert "after" in [m.body for m in await broker.receive("jobs", 10)]
+        await broker.close()
+
+    asyncio.run(scenario())
+
+
+def test_start_without_a_server_is_unavailable() -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", namespace="failures")
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await broker.start()
+        assert time.monotonic() - started < REFUSED_BOUND
+        with pytest.raises(RuntimeError, match="not started"):
+            await broker.list_queues()
+
+    asyncio.run(scenario())

@@ -604,11 +604,18 @@ def measure_http(
     options: WrkOptions = WrkOptions(),
     warmup: int = 1,
     settings: Mapping[str, Scalar] | None = None,
+    after_warmup: Callable[[], None] | None = None,
 ) -> Result:
-    """Start ``server``, warm it up with a ``warmup``-second wrk run, then measure it."""
+    """Start ``server``, warm it up with a ``warmup``-second wrk run, then measure it.
+
+    ``after_warmup`` runs between the two (e.g. to empty a queue the warm-up filled, so
+    what the measured run accepted can be checked afterwards).
+    """
     with server:
         if warmup:
             run_wrk(url, WrkOptions(warmup, options.connections, options.threads, options.timeout))
+        if after_warmup is not None:
+            after_warmup()
         result = run_wrk(url, options)
         server.check_alive()
         if result.requests <= result.errors:
@@ -622,6 +629,7 @@ def measure_http(
         extra={
             "p50 ms": round(result.p50_ms, 3),
             "p99 ms": round(result.p99_ms, 3),
+            "requests": result.requests,
             "errors": result.errors,
             "rss MB": round(memory.rss_mb, 1),
             "uss MB": round(memory.uss_mb, 1),

@@ -97,14 +97,19 @@ class CeleryDrain:
         return argv
 
     def depth(self) -> int:
-        # kombu's Redis transport: the queue is a list; received-but-unacked messages
-        # wait in the "unacked" hash (only used when acks are late or prefetched).
-        with redis.Redis.from_url(self.config.redis_url) as client:
-            pipe = client.pipeline(transaction=False)
-            pipe.llen(QUEUE)
-            pipe.hlen("unacked")
-            queued, unacked = pipe.execute()
-        return int(queued) + int(unacked)
+        return queue_depth(self.config.redis_url)
+
+
+def queue_depth(redis_url: str) -> int:
+    """Messages queued plus received-but-unacknowledged, on kombu's Redis transport."""
+    # The queue is a list; messages a worker holds unacknowledged wait in the "unacked"
+    # hash until acked (restored from it if the worker dies).
+    with redis.Redis.from_url(redis_url) as client:
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(QUEUE)
+        pipe.hlen("unacked")
+        queued, unacked = pipe.execute()
+    return int(queued) + int(unacked)
 
 
 def main(argv: Sequence[str]) -> None:

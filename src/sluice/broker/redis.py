@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 import uuid
@@ -206,25 +207,29 @@ class RedisBroker:
     async def _send_once(
         self, queue: str, config: QueueConfig, ver: str, messages: Sequence[OutgoingMessage]
     ) -> list[SendResult]:
-        ids = [str(uuid.uuid4()) for _ in messages]
-        args: list[Any] = [ver, uuid.uuid4().hex, len(messages), _ms(DEDUP_WINDOW)]
-        for message_id, m in zip(ids, messages, strict=True):
-            dedup = m.deduplication_id or (content_dedup_id(m.body) if config.fifo else "")
-            args += [
+        ids = _new_message_ids(len(messages))
+        batch = [
+            (
                 message_id,
                 m.body,
                 orjson.dumps(m.attributes).decode() if m.attributes else "",
                 _ms(config.delay if m.delay is None else m.delay),
                 m.group_id or "",
-                dedup,
-            ]
+                m.deduplication_id or (content_dedup_id(m.body) if config.fifo else ""),
+            )
+            for message_id, m in zip(ids, messages, strict=True)
+        ]
+        args = [ver, uuid.uuid4().hex, _ms(DEDUP_WINDOW), orjson.dumps(batch)]
         outcome = await self._script("send", queue, args)
+        if not outcome:  # a standard queue: every message stored under its new id
+            return [
+                SendResult(message_id, md5_of_body(m.body))
+                for message_id, m in zip(ids, messages, strict=True)
+            ]
         results = []
-        for message_id, m, tag in zip(ids, messages, outcome, strict=True):
+        for message_id, m, tag in zip(ids, messages, orjson.loads(outcome), strict=True):
             md5 = md5_of_body(m.body)
-            if not tag:
-                results.append(SendResult(message_id, md5))
-            elif tag.startswith("N:"):
+            if tag.startswith("N:"):
                 results.append(SendResult(message_id, md5, sequence_number=tag[2:]))
             else:  # "D:<sequence>:<original id>": suppressed as a duplicate
                 _, sequence, original = tag.split(":", 2)
@@ -251,16 +256,15 @@ class RedisBroker:
         while True:
             config, ver = await self._config(queue)
             dlq = await self._dlq_flag(config)
-            gen, current, outbox, rows = await self._script(
-                "receive", queue, [max_messages, timeout, dlq]
-            )
+            reply = await self._script("receive", queue, [max_messages, timeout, dlq])
+            gen, current, outbox, rows = orjson.loads(reply)
             if current != ver:  # changed by another process: reload before the next receive
                 self._configs.pop(queue, None)
             if outbox:
                 await self._flush_outbox(queue)
             left = give_up - loop.time()
-            if rows or left <= 0:
-                return [_message(gen, row) for row in rows]
+            if rows or left <= 0:  # an empty Lua table arrives as {}, not []
+                return [_message(gen, row) for row in rows or ()]
             # Long polling: poll with growing pauses (20 ms up to 200 ms) until the wait ends.
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, _POLL_MAX)
@@ -419,6 +423,19 @@ class RedisBroker:
                     )
                     break
                 await self._script("outbox_done", queue, [entry_id for entry_id, _ in chunk])
+
+
+def _new_message_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs, from one read of the OS's random source."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes((b & 0x0F) | 0x40 for b in raw[6::16])  # version 4
+    raw[8::16] = bytes((b & 0x3F) | 0x80 for b in raw[8::16])  # RFC 4122 variant
+    text = raw.hex()
+    return [
+        f"{text[i : i + 8]}-{text[i + 8 : i + 12]}-{text[i + 12 : i + 16]}-"
+        f"{text[i + 16 : i + 20]}-{text[i + 20 : i + 32]}"
+        for i in range(0, len(text), 32)
+    ]
 
 
 def _check_visibility(timeout: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis, RedisCluster
@@ -37,7 +37,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 def connect(url: str, *, timeout: float = 5.0) -> RedisClient:
     """A client for ``url``; no I/O happens until the first command. redis-py's own retries are
     off: `call` owns the retry policy, so the time to `Unavailable` is bounded in one place."""
-    options = {
+    options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": timeout,
         "socket_connect_timeout": min(timeout, 1.0),

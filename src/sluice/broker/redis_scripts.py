@@ -261,25 +261,62 @@ local function select_visible(c, n, take, lock)
   return select_standard(n, take)
 end
 
--- The entry a receipt names, if the receipt is the latest one handed out for it.
+-- Whether a receipt is the latest one handed out for a message still in the queue (an entry in
+-- the PEL is always still in the stream: whatever removes an entry acknowledges it first).
 local function held(c, gen, id, count)
-  if gen ~= c.gen then return nil end
-  local flat = entry(id)
-  if flat and prior_count(id) == tonumber(count) then return flat end
-  return nil
+  return gen == c.gen and prior_count(id) == tonumber(count)
+end
+
+-- The fields `forget` needs: FIFO reads the message group from the entry.
+local function fields_for_forget(c, id)
+  if c.fifo then return entry(id) or {} end
+  return {}
 end
 """
 
-# ARGV: now, ver, batch token, count, dedup window ms, then per message:
-# id, body, attributes JSON ('' for none), delay ms, group id, deduplication id.
+# ARGV: now, ver, batch token, dedup window ms, and the batch as one JSON array of
+# [id, body, attributes JSON ('' for none), delay ms, group id, deduplication id] (one argument,
+# decoded by cjson in C: far cheaper than six arguments per message). Returns '' for a standard
+# queue, else a JSON list with per message 'N:<sequence>' or 'D:<sequence>:<original id>'.
 SEND = r"""
+-- A message that needs more than one XADD: FIFO, delayed, or with attributes.
+local function send_one(c, m, out)
+  local flat = {'i', m[1], 't', ARGV[1], 'b', m[2]}
+  if m[3] ~= '' then
+    flat[7] = 'a'
+    flat[8] = m[3]
+  end
+  local seq, duplicate = nil, nil
+  if c.fifo then
+    local g, dedup = m[5], m[6]
+    duplicate = redis.call('HGET', P .. 'xm', dedup)
+    if not duplicate then
+      seq = tostring(redis.call('INCR', P .. 'n'))
+      redis.call('HSET', P .. 'xm', dedup, seq .. ':' .. m[1])
+      redis.call('ZADD', P .. 'x', now + tonumber(ARGV[4]), dedup)
+      for _, v in ipairs({'g', g, 'd', dedup, 'n', seq}) do flat[#flat + 1] = v end
+    end
+  end
+  if duplicate then
+    out[#out + 1] = 'D:' .. duplicate
+  else
+    if m[4] > 0 then
+      local member = string.format('%016d', tonumber(seq or redis.call('INCR', P .. 'n')))
+      redis.call('ZADD', DL, now + m[4], member)
+      redis.call('HSET', DM, member, cjson.encode(flat))
+    else
+      append(c, flat)
+    end
+    out[#out + 1] = 'N:' .. (seq or '')
+  end
+end
+
 local c = load_config()
 if not c then return redis.error_reply('NOQUEUE') end
 if c.ver ~= ARGV[2] then return redis.error_reply('STALE') end
 local token = P .. 'b:' .. ARGV[3]
 local done = redis.call('GET', token)
-if done then return cjson.decode(done) end
-local count = tonumber(ARGV[4])
+if done then return done end
 if c.fifo then
   local old = redis.call('ZRANGEBYSCORE', P .. 'x', '-inf', now, 'LIMIT', 0, 1000)
   for _, d in ipairs(old) do
@@ -288,45 +325,23 @@ if c.fifo then
   end
 end
 local out = {}
-for k = 0, count - 1 do
-  local a = 5 + k * 6
-  local id, body, attrs, delay = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
-  local flat = {'i', id, 't', ARGV[1], 'b', body}
-  if attrs ~= '' then
-    flat[7] = 'a'
-    flat[8] = attrs
-  end
-  local seq, duplicate = nil, nil
-  if c.fifo then
-    local g, dedup = ARGV[a + 5], ARGV[a + 6]
-    duplicate = redis.call('HGET', P .. 'xm', dedup)
-    if not duplicate then
-      seq = tostring(redis.call('INCR', P .. 'n'))
-      redis.call('HSET', P .. 'xm', dedup, seq .. ':' .. id)
-      redis.call('ZADD', P .. 'x', now + tonumber(ARGV[5]), dedup)
-      for _, v in ipairs({'g', g, 'd', dedup, 'n', seq}) do flat[#flat + 1] = v end
-    end
-  end
-  if duplicate then
-    out[#out + 1] = 'D:' .. duplicate
+for _, m in ipairs(cjson.decode(ARGV[5])) do
+  if not c.fifo and m[4] == 0 and m[3] == '' then
+    -- the common case, kept to one command: a plain message due now
+    redis.call('XADD', S, '*', 'i', m[1], 't', ARGV[1], 'b', m[2])
   else
-    if delay > 0 then
-      local member = string.format('%016d', tonumber(seq or redis.call('INCR', P .. 'n')))
-      redis.call('ZADD', DL, now + delay, member)
-      redis.call('HSET', DM, member, cjson.encode(flat))
-    else
-      append(c, flat)
-    end
-    out[#out + 1] = seq and ('N:' .. seq) or ''
+    send_one(c, m, out)
   end
 end
-redis.call('SET', token, cjson.encode(out), 'EX', 300)
-return out
+local result = c.fifo and cjson.encode(out) or ''
+redis.call('SET', token, result, 'EX', 300)
+return result
 """
 
 # ARGV: now, max messages, visibility timeout ms (-1: the queue's), '1' when the client saw the
 # dead-letter queue exist ('' makes messages past max_receive_count be delivered as usual).
-# Returns {gen, ver, outbox size, {{entry id, receive count, first receive ms, fields}, ...}}.
+# Returns JSON [gen, ver, outbox size, [[entry id, receive count, first receive ms, fields], ...]]
+# (one string: far cheaper for the client to parse than nested replies).
 RECEIVE = r"""
 local c = load_config()
 if not c then return redis.error_reply('NOQUEUE') end
@@ -346,7 +361,7 @@ select_visible(c, tonumber(ARGV[2]), function(id, flat, prior)
     redis.call('XCLAIM', S, G, CONSUMER, 0, id, 'FORCE', 'RETRYCOUNT', count, 'JUSTID')
   end
   redis.call('ZADD', INF, deadline, id)
-  local first = redis.call('HGET', FIRST, id)
+  local first = prior > 0 and redis.call('HGET', FIRST, id)
   if not first then
     first = ARGV[1]
     redis.call('HSET', FIRST, id, first)
@@ -354,7 +369,7 @@ select_visible(c, tonumber(ARGV[2]), function(id, flat, prior)
   out[#out + 1] = {id, count, first, flat}
   return true
 end, true)
-return {c.gen, c.ver, redis.call('HLEN', OUTBOX), out}
+return cjson.encode({c.gen, c.ver, redis.call('HLEN', OUTBOX), out})
 """
 
 # ARGV: now, then per receipt: gen, entry id, receive count. Returns 1/0 per receipt.
@@ -363,9 +378,9 @@ local c = load_config()
 if not c then return redis.error_reply('NOQUEUE') end
 local out = {}
 for k = 2, #ARGV, 3 do
-  local flat = held(c, ARGV[k], ARGV[k + 1], ARGV[k + 2])
-  if flat then forget(c, ARGV[k + 1], flat) end
-  out[#out + 1] = flat and 1 or 0
+  local ok = held(c, ARGV[k], ARGV[k + 1], ARGV[k + 2])
+  if ok then forget(c, ARGV[k + 1], fields_for_forget(c, ARGV[k + 1])) end
+  out[#out + 1] = ok and 1 or 0
 end
 return out
 """
@@ -386,8 +401,8 @@ return 1
 DEAD_LETTER = r"""
 local c = load_config()
 if not c then return redis.error_reply('NOQUEUE') end
-local flat = held(c, ARGV[2], ARGV[3], ARGV[4])
-if not flat then return {0, 0} end
+if not held(c, ARGV[2], ARGV[3], ARGV[4]) then return {0, 0} end
+local flat = entry(ARGV[3]) or {}
 if c.dlq == '' or ARGV[6] ~= '1' then
   forget(c, ARGV[3], flat)
 else

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sluice.broker.contract import OutgoingMessage, QueueConfig
 from sluice.broker.redis import RedisBroker
 from sluice.errors import Unavailable
 from tests.redis_cluster import RedisServer, free_port
+from tests.servers import require_redis
 
 pytestmark = pytest.mark.redis
 
@@ -124,5 +126,37 @@ def test_start_without_a_server_is_unavailable() -> None:
         assert time.monotonic() - started < REFUSED_BOUND
         with pytest.raises(RuntimeError, match="not started"):
             await broker.list_queues()
+
+    asyncio.run(scenario())
+
+
+def test_a_move_to_a_vanished_dlq_waits_in_the_outbox_until_it_exists() -> None:
+    url = require_redis()
+    namespace = f"test-outbox-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        worker = RedisBroker(url, namespace=namespace)
+        admin = RedisBroker(url, namespace=namespace)  # another host
+        await worker.start()
+        await admin.start()
+        try:
+            await worker.create_queue(QueueConfig("dlq"))
+            await worker.create_queue(QueueConfig("jobs", dead_letter="dlq", max_receive_count=3))
+            await worker.send("jobs", [OutgoingMessage("bad"), OutgoingMessage("good")])
+            held = {m.body: m for m in await worker.receive("jobs", 10)}
+            await admin.delete_queue("dlq")  # this worker still believes the DLQ exists
+            assert await worker.dead_letter("jobs", held["bad"].receipt_handle, "broken")
+            assert await worker.delete("jobs", [held["bad"].receipt_handle]) == [False]
+            await admin.create_queue(QueueConfig("dlq"))
+            assert await worker.receive("jobs", 10) == []  # finishes the parked move
+            (moved,) = await admin.receive("dlq", 10)
+            assert (moved.body, moved.dead_letter_reason) == ("bad", "broken")
+            assert moved.message_id == held["bad"].message_id
+            assert await worker.receive("dlq", 10) == []  # moved once, not twice
+        finally:
+            for name in await admin.list_queues():
+                await admin.delete_queue(name)
+            await worker.close()
+            await admin.close()
 
     asyncio.run(scenario())

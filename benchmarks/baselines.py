@@ -41,8 +41,24 @@ def _echo() -> None:
         os.write(1, data)
 
 
-def pipe_round_trip(rounds: int = 10_000, size: int = 64, *, warmup: int = 500) -> Distribution:
-    """Latency of ``size`` bytes to a child process and back over two pipes, in µs."""
+def pipe_round_trip(
+    rounds: int = 10_000, size: int = 64, *, warmup: int = 500, cpu: int | None = None
+) -> Distribution:
+    """Latency of ``size`` bytes to a child process and back over two pipes, in µs.
+
+    With ``cpu`` both processes are pinned to that one core: the wake-up then never
+    crosses cores, which makes the figure far less sensitive to other load on the machine.
+    """
+    affinity = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # the child inherits it
+    try:
+        return _round_trips(rounds, size, warmup)
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def _round_trips(rounds: int, size: int, warmup: int) -> Distribution:
     child = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "echo"],
         stdin=subprocess.PIPE,
@@ -150,17 +166,19 @@ def add_baselines(
     xadd_requests: int,
 ) -> None:
     out = console()
-    out.log(f"pipe round trip x{rounds}")
-    rtt = pipe_round_trip(rounds)
-    report.add(
-        Result(
-            "warm invoke floor: pipe round trip",
-            "two Python processes, os.pipe, 64 B each way",
-            "p50 µs",
-            rtt.p50,
-            extra={"p99 µs": round(rtt.p99, 1), "mean µs": round(rtt.mean, 1), "n": rtt.n},
+    for cpu in (None, 0):
+        out.log(f"pipe round trip x{rounds}" + ("" if cpu is None else f", pinned to cpu {cpu}"))
+        rtt = pipe_round_trip(rounds, cpu=cpu)
+        report.add(
+            Result(
+                "warm invoke floor: pipe round trip",
+                "two Python processes, os.pipe, 64 B each way"
+                + ("" if cpu is None else f", both pinned to cpu {cpu}"),
+                "p50 µs",
+                rtt.p50,
+                extra={"p99 µs": round(rtt.p99, 1), "mean µs": round(rtt.mean, 1), "n": rtt.n},
+            )
         )
-    )
     for module in cold_modules:
         out.log(f"cold start {module or 'bare interpreter'} x{cold_runs}")
         dist = cold_start(module, cold_runs)

@@ -215,6 +215,8 @@ def machine_info() -> dict[str, Scalar]:
         "python": platform.python_version(),
         "system": platform.platform(terse=True),
         "load_before": load_average(),
+        # Other engineers' work shares the machine: how busy it was just before we began.
+        "cpu busy before %": psutil.cpu_percent(interval=0.5),
     }
 
 

@@ -37,7 +37,9 @@ URLs: ``redis://host:port/db`` for one server, ``redis+cluster://host:port`` for
 Availability
 ------------
 A command that cannot reach Redis is retried twice (after 0.05 s and 0.2 s); then the method raises
-`sluice.errors.Unavailable`. Each call is bounded by ``timeout`` (default 5 s; connecting by 1 s).
+`sluice.errors.Unavailable`. Each attempt is bounded by ``timeout`` (default 5 s; connecting by at
+most 1 s), so `Unavailable` comes within about 0.25 s when connections are refused, and within
+3 x ``timeout`` + 0.25 s when the server hangs.
 A ``send`` that *returned* is stored. A ``send`` that raised `Unavailable` was stored either
 entirely or not at all (never a part of the batch), and the caller cannot tell which: the reply may
 have been lost after Redis ran the script. Retries inside one ``send`` reuse a batch token, so they

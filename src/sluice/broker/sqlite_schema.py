@@ -90,7 +90,7 @@ GROUP_HEAD = (
 )
 
 DELETE_BY_RECEIPT = (
-    "DELETE FROM messages WHERE id IN (SELECT m.id FROM json_each(?) AS j JOIN messages AS m"
+    "DELETE FROM messages WHERE id IN (SELECT m.id FROM json_each(?) AS j CROSS JOIN messages AS m"
     " ON m.id = j.value ->> 0 AND m.token = j.value ->> 1 WHERE m.qid = ?) RETURNING id, token"
 )
 

@@ -4,7 +4,17 @@ A benchmark script builds a :class:`Report`, adds :class:`Result` rows produced 
 ``measure_*`` functions (or by hand), and writes ``results/<name>.json`` and
 ``results/<name>.md``. Rows in the same *group* are compared: each gets a ratio against the
 group's baseline row. Anything that can be measured for a peer can be measured for Sluice
-by passing a different callable or process to the same function, in the same run.
+by passing a different callable or process to the same function, in the same run:
+
+    report.add(measure_enqueue("sluice send", lambda n: send_n(queue, n), n, group=G))
+    report.add(measure_drain("sluice", SluiceDrain(...), n=n, processes=2,
+                             counter=ExecutionCounter(url), group=drain_group(2)))
+    report.add(measure_http("sluice gateway", ManagedProcess("sluice", argv, port=port),
+                            url, group=HTTP_HELLO_GROUP))
+
+where ``SluiceDrain`` has ``prefill(n)``, ``worker_argv(processes)`` and ``depth()`` (see
+:class:`DrainTarget`) and its handler calls ``hit()`` on one ``counter_from_env()`` made
+at cold start, like the peers' tasks.
 """
 
 from __future__ import annotations

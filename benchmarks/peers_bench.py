@@ -179,6 +179,10 @@ def method_notes(processes: int) -> list[str]:
         "consumer treats the empty fetch as a miss and backs off, which caps its rate.",
         "HTTP: wrk without Lua (GET only), so the FastAPI + Celery endpoint is GET /enqueue. "
         "wrk and the server share the machine's cores.",
+        "Pipe round trip: unpinned, the scheduler may put the two processes on different "
+        "cores, and a cross-core wake-up on this VM costs tens of µs (p50 55-67 µs was seen "
+        "while another engineer's job kept one core busy, ~2.7 µs when idle); the row pinned "
+        "to one core is the stable floor.",
         "Redis durability is whatever the local server is configured with (see machine line); "
         "Celery and Dramatiq acknowledge a send once Redis has it in memory.",
     ]

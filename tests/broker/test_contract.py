@@ -427,6 +427,35 @@ def test_fifo_group_in_flight_blocks_the_group(broker: Broker, run: Run[Any], cl
     ]
 
 
+def test_fifo_group_held_while_any_message_in_flight(broker: Broker, run: Run[Any]) -> None:
+    _fifo(broker, run, visibility_timeout=60)
+    _fifo_send(broker, run, "a", "a1", "a2")
+    a1, a2 = run(broker.receive("jobs.fifo", 10))
+    # a1 becomes visible again while a2 is still held: the group stays closed.
+    assert run(broker.change_visibility("jobs.fifo", a1.receipt_handle, 0))
+    assert run(broker.receive("jobs.fifo", 10)) == []
+    assert run(broker.delete("jobs.fifo", [a2.receipt_handle])) == [True]
+    [again] = run(broker.receive("jobs.fifo", 10))
+    assert (again.body, again.receive_count) == ("a1", 2)
+
+
+def test_fifo_queue_delay_keeps_group_order(broker: Broker, run: Run[Any], clock: Clock) -> None:
+    _fifo(broker, run, delay=10, visibility_timeout=60)
+    _fifo_send(broker, run, "a", "a1")
+    clock.advance(5)
+    _fifo_send(broker, run, "a", "a2")
+    assert run(broker.receive("jobs.fifo", 10)) == []
+    assert run(broker.stats("jobs.fifo")).delayed == 2
+    clock.advance(6)
+    [a1] = run(broker.receive("jobs.fifo", 10))  # a2 is still delayed
+    assert a1.body == "a1"
+    assert run(broker.delete("jobs.fifo", [a1.receipt_handle])) == [True]
+    clock.advance(5)
+    assert [m.body for m in run(broker.receive("jobs.fifo", 10))] == ["a2"]
+    with pytest.raises(ValidationError):  # FIFO delays are per queue
+        run(broker.send("jobs.fifo", [OutgoingMessage("x", group_id="a", delay=1)]))
+
+
 def test_fifo_concurrent_receivers_keep_each_group_in_order(broker: Broker, run: Run[Any]) -> None:
     _fifo(broker, run, visibility_timeout=60)
     groups = [f"g{g}" for g in range(6)]

@@ -55,11 +55,14 @@ from sluice.broker.sqlite import SQLiteBroker
 async def main(path):
     broker = SQLiteBroker(path)
     await broker.start()
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together with the other receiver process
 
     async def consumer():
         while batch := await broker.receive("jobs", 25, wait=0.3):
             sys.stdout.write("".join(m.message_id + "\\n" for m in batch))
             sys.stdout.flush()
+            await asyncio.sleep(0.01)  # some work, so that both processes get a share
             assert all(await broker.delete("jobs", [m.receipt_handle for m in batch]))
 
     await asyncio.gather(*(consumer() for _ in range(3)))
@@ -69,9 +72,10 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-def _child(program: str, *args: object) -> subprocess.Popen[str]:
+def _child(program: str, *args: object, stdin: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", program, *map(str, args)],
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -129,22 +133,23 @@ def test_two_processes_send_and_receive_concurrently(db: Path, run: Run[Any]) ->
 
     run(setup())
     senders = [_child(SENDER, db, 25) for _ in range(2)]
-    receivers = [_child(RECEIVER, db) for _ in range(2)]
-    outputs = [p.communicate(timeout=60)[0] for p in senders + receivers]
-    assert [p.returncode for p in senders + receivers] == [0, 0, 0, 0]
-    sent = _ids(outputs[0]) + _ids(outputs[1])
-    received = _ids(outputs[2]) + _ids(outputs[3])
+    sent = [i for p in senders for i in _ids(p.communicate(timeout=60)[0])]
+    assert [p.returncode for p in senders] == [0, 0]
     assert len(sent) == len(set(sent)) == 2 * 4 * 25 * 10
 
-    async def rest() -> list[str]:
-        async with SQLiteBroker(db) as broker:
-            return await _drain(broker)
-
-    # The receivers may stop before the senders finish; what they left is still there.
-    leftover = run(rest())
-    # Receiving is atomic across processes: no message went to two receivers.
-    assert len(received) == len(set(received))
-    assert sorted(received + leftover) == sorted(sent)
+    receivers = [_child(RECEIVER, db, stdin=True) for _ in range(2)]
+    for p in receivers:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    for p in receivers:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outputs = [p.communicate(timeout=60)[0] for p in receivers]
+    assert [p.returncode for p in receivers] == [0, 0]
+    received = [_ids(out) for out in outputs]
+    assert all(received), "one receiver got nothing: the race was not exercised"
+    # Receiving is atomic across processes: no message went to two receivers, none was missed.
+    assert sorted(received[0] + received[1]) == sorted(sent)
 
 
 def test_full_database_gives_unavailable_and_stores_nothing(db: Path, run: Run[Any]) -> None:

@@ -1,0 +1,107 @@
+"""The group-commit writer: pending operations share one transaction, and one failing operation
+rolls back only its own writes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.broker.groupcommit import GroupCommitWriter
+from sluice.errors import Unavailable
+from tests.broker.conftest import Run
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[tuple[GroupCommitWriter, Path, list[str]]]:
+    """A writer on a fresh database, and the list of COMMITs it ran."""
+    path = tmp_path / "g.db"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("CREATE TABLE t (v TEXT)")
+    setup.close()
+    commits: list[str] = []
+
+    class Counting(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+            if sql == "COMMIT":
+                commits.append(sql)
+            return super().execute(sql, *args)
+
+    writer = GroupCommitWriter(
+        lambda: sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, factory=Counting
+        )
+    )
+    writer.start()
+    yield writer, path, commits
+    writer.stop()
+
+
+def _insert(value: str, fail: BaseException | None = None) -> Any:
+    def op(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t VALUES (?)", (value,))
+        if fail is not None:
+            raise fail
+        return value
+
+    return op
+
+
+def _stored(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return sorted(v for (v,) in conn.execute("SELECT v FROM t"))
+
+
+def test_pending_operations_share_one_commit(writer: Any, run: Run[Any]) -> None:
+    writer, path, commits = writer
+    release = threading.Event()
+
+    def blocking(conn: sqlite3.Connection) -> str:
+        release.wait(5)  # hold the writer until the other operations are queued
+        return _insert("first")(conn)
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(writer.submit(blocking))
+        await asyncio.sleep(0.05)
+        rest = [
+            asyncio.ensure_future(writer.submit(_insert("a"))),
+            asyncio.ensure_future(writer.submit(_insert("bad", ValueError("boom")))),
+            asyncio.ensure_future(writer.submit(_insert("locked", sqlite3.OperationalError("x")))),
+            asyncio.ensure_future(writer.submit(_insert("b"))),
+        ]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    first, a, bad, locked, b = run(scenario())
+    assert (first, a, b) == ("first", "a", "b")
+    assert isinstance(bad, ValueError)  # a bug in an operation surfaces as itself
+    assert isinstance(locked, Unavailable)  # a database error says "not stored"
+    assert len(commits) == 2  # "first" alone, then the four others together
+    assert _stored(path) == ["a", "b", "first"]
+
+
+def test_stop_finishes_pending_operations(writer: Any, run: Run[Any]) -> None:
+    writer, path, _ = writer
+
+    async def scenario() -> None:
+        futures = [asyncio.ensure_future(writer.submit(_insert(str(i)))) for i in range(20)]
+        await asyncio.sleep(0)  # let every submit enqueue
+        await asyncio.to_thread(writer.stop)
+        assert sorted(await asyncio.gather(*futures)) == sorted(str(i) for i in range(20))
+        with pytest.raises(Unavailable, match="not started"):
+            await writer.submit(_insert("late"))
+
+    run(scenario())
+    assert len(_stored(path)) == 20
+
+
+def test_unopenable_database_fails_start(tmp_path: Path) -> None:
+    writer = GroupCommitWriter(lambda: sqlite3.connect(tmp_path / "missing" / "g.db"))
+    with pytest.raises(Unavailable):
+        writer.start()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
+MIN_SQLITE = (3, 35, 0)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -91,7 +92,8 @@ GROUP_HEAD = (
 
 DELETE_BY_RECEIPT = (
     "DELETE FROM messages WHERE id IN (SELECT m.id FROM json_each(?) AS j CROSS JOIN messages AS m"
-    " ON m.id = j.value ->> 0 AND m.token = j.value ->> 1 WHERE m.qid = ?) RETURNING id, token"
+    " ON m.id = json_extract(j.value, '$[0]') AND m.token = json_extract(j.value, '$[1]')"
+    " WHERE m.qid = ?) RETURNING id, token"
 )
 
 MOVE_TO = (
@@ -102,6 +104,10 @@ MOVE_TO = (
 
 def connect(path: Path, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, fsync on commit."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise sqlite3.NotSupportedError(
+            f"the broker needs SQLite >= 3.35 (RETURNING); this Python has {sqlite3.sqlite_version}"
+        )
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
     )

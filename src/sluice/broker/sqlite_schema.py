@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     dl_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (qid, visible_at);
+CREATE INDEX IF NOT EXISTS messages_age ON messages (qid, sent_at);
 CREATE INDEX IF NOT EXISTS messages_group ON messages (qid, group_id, id)
     WHERE group_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dedup (

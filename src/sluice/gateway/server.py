@@ -10,13 +10,15 @@ all time limits about four times per limit period, so no timer is created per re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -58,6 +60,14 @@ class ServerState:
         self.draining = False
         self._date_second = -1
         self._date = b""
+        # Request ids are UUID-shaped: a random per-server prefix and a counter (cheaper than
+        # uuid4 per request, and as unique).
+        r = os.urandom(10).hex()
+        self._id_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{r[16:20]}-"
+        self._ids = itertools.count()
+
+    def request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFF:012x}"
 
     def date_header(self) -> bytes:
         now = int(time.time())
@@ -79,6 +89,7 @@ class Connection(asyncio.Protocol):
         "_headers",
         "_headers_done",
         "_in_message",
+        "_paused",
         "_pending_bytes",
         "_queue",
         "_served",
@@ -112,6 +123,7 @@ class Connection(asyncio.Protocol):
         self._served = 0
         self._closed = False
         self._done_reading = False
+        self._paused = False
         self._drain: asyncio.Future[None] | None = None
         self._write_paused_at: float | None = None
         self.last_activity = 0.0
@@ -120,14 +132,14 @@ class Connection(asyncio.Protocol):
     # -- transport callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         state = self.state
         if len(state.connections) >= state.config.max_connections or state.draining:
             self._closed = True
             exc = Unavailable("the gateway is at its connection limit; retry shortly")
             self._write(error_response(exc, state.config.retry_after), None, keep_alive=False)
-            transport.close()
+            self.transport.close()
             return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
@@ -176,8 +188,9 @@ class Connection(asyncio.Protocol):
         if self._error is not None:
             self._queue.append(self._error)
             self._pause()
+        elif len(self._queue) > 1:
+            self._pause()  # pipelined requests wait their turn; read no more until they are done
         if self._queue and self._task is None:
-            self._pause()
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     # -- parser callbacks -----------------------------------------------------------------
@@ -254,7 +267,7 @@ class Connection(asyncio.Protocol):
             body=b"".join(self._body) if len(self._body) != 1 else self._body[0],
             client=self.client,
             server_port=self.state.port,
-            request_id=str(uuid.uuid4()),
+            request_id=self.state.request_id(),
             time=time.time(),
             http_version=self.parser.get_http_version(),
         )
@@ -296,7 +309,8 @@ class Connection(asyncio.Protocol):
         finally:
             self._task = None
         self.last_activity = asyncio.get_running_loop().time()
-        if not self._closed and self.transport is not None:
+        if self._paused and not self._closed and self.transport is not None:
+            self._paused = False
             self.transport.resume_reading()
 
     def _head(
@@ -310,9 +324,9 @@ class Connection(asyncio.Protocol):
             if b"\n" in k or b"\r" in k or b"\n" in v or b"\r" in v or b":" in k:
                 raise ValueError(f"response header {k!r} is malformed")
             parts.append(b"%s: %s\r\n" % (k, v))
-        if request is not None:
-            name = self.state.config.request_id_header
-            parts.append(f"{name}: {request.request_id}\r\n".encode())
+        # Even an answer to unparseable bytes carries a request id, for the access log and support.
+        rid = request.request_id if request is not None else self.state.request_id()
+        parts.append(f"{self.state.config.request_id_header}: {rid}\r\n".encode())
         if status not in _NO_BODY_STATUS:
             parts.append(framing)
         parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
@@ -368,7 +382,8 @@ class Connection(asyncio.Protocol):
         raise _Reject
 
     def _pause(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = True
             self.transport.pause_reading()
 
     def _close(self) -> None:

@@ -37,9 +37,9 @@ URLs: ``redis://host:port/db`` for one server, ``redis+cluster://host:port`` for
 Availability
 ------------
 A command that cannot reach Redis is retried twice (after 0.05 s and 0.2 s); then the method raises
-`sluice.errors.Unavailable`. Each attempt is bounded by ``timeout`` (default 5 s; connecting by at
-most 1 s), so `Unavailable` comes within about 0.25 s when connections are refused, and within
-3 x ``timeout`` + 0.25 s when the server hangs.
+`sluice.errors.Unavailable`. Each attempt (connecting, then the command) is bounded by ``timeout``
+(default 5 s), so `Unavailable` comes within about 0.25 s when connections are refused, and within
+about 3 x 2 x ``timeout`` + 0.25 s at worst when the server hangs.
 A ``send`` that *returned* is stored. A ``send`` that raised `Unavailable` was stored either
 entirely or not at all (never a part of the batch), and the caller cannot tell which: the reply may
 have been lost after Redis ran the script. Retries inside one ``send`` reuse a batch token, so they
@@ -88,7 +88,7 @@ from sluice.broker.contract import (
     QueueStats,
     SendResult,
 )
-from sluice.broker.redis_client import RedisClient, call, connect, describe
+from sluice.broker.redis_client import RedisClient, call, connect, describe, initialize
 from sluice.broker.redis_scripts import SCRIPTS
 from sluice.broker.validation import (
     content_dedup_id,
@@ -105,7 +105,8 @@ from sluice.errors import (
 
 log = logging.getLogger(__name__)
 
-_RECEIPT = re.compile(r"^([0-9a-f]+)\.(\d+-\d+)\.(\d+)$")
+# <gen>.<entry id>.<receive count>; at most 19 digits per number keeps ids inside Redis's range.
+_RECEIPT = re.compile(r"([0-9a-f]{1,32})\.([0-9]{1,19}-[0-9]{1,19})\.([0-9]{1,9})")
 _TRANSFER_CHUNK = 500
 _POLL_FIRST, _POLL_MAX = 0.02, 0.2
 
@@ -147,6 +148,7 @@ class RedisBroker:
             return
         client = connect(self._url, timeout=self._timeout)
         try:
+            await initialize(client, where=self._where)
             await call(client.ping, where=self._where)
         except BaseException:
             await client.aclose()
@@ -448,7 +450,7 @@ def _check_visibility(timeout: float) -> None:
 
 
 def _parse_receipt(handle: str) -> tuple[str, ...]:
-    match = _RECEIPT.match(handle) if isinstance(handle, str) else None
+    match = _RECEIPT.fullmatch(handle) if isinstance(handle, str) else None
     if match is None:
         raise ReceiptHandleIsInvalid(f"receipt handle {handle!r} is not one this broker issued")
     return match.groups()

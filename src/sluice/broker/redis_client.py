@@ -40,13 +40,21 @@ def connect(url: str, *, timeout: float = 5.0) -> RedisClient:
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": timeout,
-        "socket_connect_timeout": min(timeout, 1.0),
+        "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
     }
     scheme, sep, rest = url.partition("://")
     if scheme in _CLUSTER_SCHEMES:
         return RedisCluster.from_url(f"{_CLUSTER_SCHEMES[scheme]}{sep}{rest}", **options)
     return Redis.from_url(url, **options)
+
+
+async def initialize(client: RedisClient, *, where: str) -> None:
+    """Discover a cluster's nodes and slots before the client's first concurrent use: redis-py's
+    asyncio `RedisCluster` can fail with AttributeError when many commands race its lazy
+    initialization (seen with 200 concurrent first commands). A no-op for a single server."""
+    if isinstance(client, RedisCluster):
+        await call(client.initialize, where=where)
 
 
 def is_cluster_url(url: str) -> bool:

@@ -9,10 +9,11 @@ URLs as in `sluice.broker.redis_client` (``redis+cluster://`` for a cluster).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
-from sluice.broker.redis_client import RedisClient, call, connect, describe
+from sluice.broker.redis_client import RedisClient, call, connect, describe, initialize
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -65,6 +66,8 @@ class RedisLimiter:
             self._client, self._owned = url_or_client, False
             self._where = "the given client"
         self._namespace = namespace
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
         self._acquire = self._client.register_script(_ACQUIRE)
         self._renew = self._client.register_script(_RENEW)
         self._held = self._client.register_script(_HELD)
@@ -82,6 +85,7 @@ class RedisLimiter:
         return bool(await self._run(self._renew, key, token, _ms(ttl)))
 
     async def release(self, key: str, token: str) -> None:
+        await self._ensure_ready()
         name = self._key(key)
         await call(lambda: self._client.zrem(name, token), where=self._where)
 
@@ -91,7 +95,16 @@ class RedisLimiter:
     def _key(self, key: str) -> str:
         return f"{{{self._namespace}:limit:{key}}}"
 
+    async def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                await initialize(self._client, where=self._where)
+                self._ready = True
+
     async def _run(self, script: Any, key: str, *args: Any) -> Any:
+        await self._ensure_ready()
         keys = [self._key(key)]
         return await call(lambda: script(keys=keys, args=list(args)), where=self._where)
 

@@ -50,7 +50,9 @@ after a lost reply reports ``False`` for messages the first attempt deleted.
 Durability (what "stored" means depends on the server's persistence settings)
 -----------------------------------------------------------------------------
 * ``appendonly yes`` + ``appendfsync always``: Redis writes and fsyncs the append-only file before
-  it sends the reply, so a send that returned survives a crash of Redis or of the machine.
+  it sends the reply, so a send that returned survives a crash of Redis or of the machine. Redis
+  does this once per event-loop iteration for every command that iteration ran, so concurrent
+  sends share one fsync (group commit by the server).
 * ``appendonly yes`` + ``appendfsync everysec`` (Redis's default AOF policy): the write reaches the
   operating system before the reply, and is fsynced about once a second. It survives a crash of
   the Redis process; a power loss or kernel crash can lose roughly the last second or two of

@@ -595,7 +595,10 @@ def test_bad_receive_arguments(broker: Broker, run: Run[Any]) -> None:
             run(broker.receive("jobs", **kwargs))
 
 
-@pytest.mark.parametrize("handle", ["", "garbage", "x.y", "..", "9" * 40, "\N{COLLISION SYMBOL}"])
+@pytest.mark.parametrize(
+    "handle",
+    ["", "garbage", "x.y", "..", "9" * 40, "\N{SUPERSCRIPT TWO}.1", "\N{COLLISION SYMBOL}"],
+)
 def test_garbage_receipt_handle(broker: Broker, run: Run[Any], handle: str) -> None:
     run(broker.create_queue(QueueConfig("jobs")))
     with pytest.raises(ReceiptHandleIsInvalid):

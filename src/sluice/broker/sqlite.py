@@ -61,7 +61,8 @@ def _ms(seconds: float) -> int:
 def _parse_receipt(handle: str) -> tuple[int, int]:
     row, _, token = handle.partition(".") if isinstance(handle, str) else ("", "", "")
     if (
-        row.isdigit()
+        row.isascii()
+        and row.isdigit()
         and len(row) <= 18
         and 0 < len(token) <= 16
         and all(c in "0123456789abcdef" for c in token)

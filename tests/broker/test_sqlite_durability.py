@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -236,3 +237,25 @@ def test_unreachable_path_gives_unavailable(tmp_path: Path, run: Run[Any]) -> No
     with pytest.raises(Unavailable):
         run(broker.send("jobs", [OutgoingMessage("m")]))
     assert not os.path.exists(tmp_path / "no-such-dir")
+
+
+def test_database_locked_by_another_process_gives_unavailable(db: Path, run: Run[Any]) -> None:
+    async def scenario() -> None:
+        # busy_timeout shortened from the default 5 s so the test is quick.
+        async with SQLiteBroker(db, pragmas={"busy_timeout": 200}) as broker:
+            await broker.create_queue(QueueConfig("jobs"))
+            other = sqlite3.connect(db, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # another writer that does not let go
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                with pytest.raises(Unavailable, match="locked"):
+                    await broker.send("jobs", [OutgoingMessage("refused")])
+                assert loop.time() - start < 2
+                other.execute("ROLLBACK")
+            finally:
+                other.close()
+            await broker.send("jobs", [OutgoingMessage("accepted")])
+            assert [m.body for m in await broker.receive("jobs", 10)] == ["accepted"]
+
+    run(scenario())

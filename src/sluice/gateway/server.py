@@ -39,6 +39,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})
+LINGER = 2.0  # seconds a connection refused for bad input keeps draining before it closes
 
 
 def _length(body: bytes) -> bytes:
@@ -89,6 +90,7 @@ class Connection(asyncio.Protocol):
         "_headers",
         "_headers_done",
         "_in_message",
+        "_lingering_since",
         "_paused",
         "_pending_bytes",
         "_queue",
@@ -124,6 +126,7 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._done_reading = False
         self._paused = False
+        self._lingering_since: float | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused_at: float | None = None
         self.last_activity = 0.0
@@ -180,7 +183,9 @@ class Connection(asyncio.Protocol):
             else:
                 self._error = BadRequest("CONNECT and protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._error = BadRequest(f"malformed HTTP request: {exc}")
+            # A _Reject raised in on_headers_complete arrives wrapped as a callback error.
+            if self._error is None:
+                self._error = BadRequest(f"malformed HTTP request: {exc}")
         if self._error is None and not self._headers_done:
             limit = self.state.config.max_header_bytes
             if self._pending_bytes > limit:
@@ -283,7 +288,7 @@ class Connection(asyncio.Protocol):
                 item = self._queue.popleft()
                 if isinstance(item, SluiceError):
                     self._write(error_response(item), None, keep_alive=False)
-                    self._close()
+                    self._linger()
                     return
                 request, keep_alive = item
                 try:
@@ -391,12 +396,34 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _linger(self) -> None:
+        """Close after an error without losing the answer: closing a socket with unread input
+        makes the kernel send RST, which can destroy the response before the client reads it.
+        So: send FIN, read and discard for up to LINGER seconds, then close."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self._close()
+            return
+        transport.write_eof()
+        self._lingering_since = asyncio.get_running_loop().time()
+        self._paused = False
+        transport.resume_reading()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
     def check(self, now: float) -> None:
         """Called by the sweeper: enforce the request deadline, idle and write-stall limits."""
         config = self.state.config
         if self._closed or self.transport is None:
             return
-        if self._write_paused_at is not None and now - self._write_paused_at > config.write_timeout:
+        if self._lingering_since is not None:
+            if now - self._lingering_since > LINGER:
+                self.transport.abort()
+        elif (
+            self._write_paused_at is not None and now - self._write_paused_at > config.write_timeout
+        ):
             self.transport.abort()
         elif self._in_message and self._task is None:
             if now - self.message_started > config.request_deadline:
@@ -465,9 +492,13 @@ class HttpServer:
         deadline = now + grace
         while state.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
+        leftover = [c.task for c in state.connections if c.task is not None]
         for conn in list(state.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

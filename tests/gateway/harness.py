@@ -123,10 +123,17 @@ class GatewayThread:
 
 
 class Reply:
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
         self.status = status
-        self.headers = {k.lower(): v for k, v in headers}
+        self.reason = reason
+        self.header_list = [(k.lower(), v) for k, v in headers]
+        self.headers = dict(self.header_list)  # the last value of each
         self.body = body
+
+    def values(self, name: str) -> list[str]:
+        return [v for k, v in self.header_list if k == name]
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -144,7 +151,7 @@ def request(
     try:
         conn.request(method, path, body=body, headers=dict(headers or {}))
         r = conn.getresponse()
-        return Reply(r.status, r.getheaders(), r.read())
+        return Reply(r.status, r.reason, r.getheaders(), r.read())
     finally:
         conn.close()
 

@@ -194,8 +194,9 @@ class BacklogGuard:
         now = asyncio.get_running_loop().time()
         if now - self._read_at > self.interval and self._refresh is None:
             self._refresh = asyncio.get_running_loop().create_task(self._read(now))
-        if self._read_at < 0 and self._refresh is not None:
-            await asyncio.shield(self._refresh)  # nothing measured yet: wait for the first count
+        if self._refresh is not None and (self._read_at < 0 or self._count >= self.limit):
+            # Accept on a slightly stale count, but never refuse on one: wait for the fresh one.
+            await asyncio.shield(self._refresh)
         if self._count >= self.limit:
             raise QueueFull(
                 f"queue {self.queue!r} holds {self._count} messages (max_backlog {self.limit})",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from typing import Any
 
@@ -60,9 +61,11 @@ class EnvironmentHandle:
         self._limit = config.memory << 20
         self._statm: int | None = None
         self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None
         self._protocol = _Protocol()
 
-    async def connect(self, sock: Any) -> None:
+    async def connect(self, sock: socket.socket) -> None:
+        self._sock = sock  # uvloop transports work on a dup: this one must be closed too
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_unix_connection(lambda: self._protocol, sock=sock)
         self._transport = transport
@@ -154,6 +157,8 @@ class EnvironmentHandle:
         self._signal()
         if self._transport is not None:
             self._transport.abort()
+        if self._sock is not None:
+            self._sock.close()
         for fd in (self.memfd, self._statm):
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):

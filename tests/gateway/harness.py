@@ -22,7 +22,8 @@ from sluice.broker.sqlite import SQLiteBroker
 from sluice.dispatch.async_invoke import async_queue_config, submit_async
 from sluice.errors import Throttled
 from sluice.gateway import Gateway, GatewayConfig
-from sluice.runtime.contract import InvocationResult
+from sluice.runtime.contract import InvocationResult, Invoker
+from sluice.runtime.pool import Runtime
 
 T = TypeVar("T")
 
@@ -70,8 +71,18 @@ class InProcessInvoker:
 class GatewayThread:
     """``with GatewayThread(app, tmp_path) as gw:`` serves ``app`` on ``gw.port``."""
 
-    def __init__(self, app: App, data: Path, config: GatewayConfig | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        data: Path,
+        config: GatewayConfig | None = None,
+        *,
+        runtime_ref: str | None = None,
+    ) -> None:
         self.app = app
+        self.data = data
+        self.runtime_ref = runtime_ref  # set: invoke through the real runtime, not in-process
+        self.runtime: Runtime | None = None
         self.path = data / "broker.db"
         self.config = config or GatewayConfig()
         self.loop = uvloop.new_event_loop()
@@ -92,7 +103,12 @@ class GatewayThread:
         for fn in self.app.functions.values():
             await self.broker.create_queue(async_queue_config(fn))
         submit = functools.partial(submit_async, self.broker)
-        self.gateway = Gateway(self.app, self.broker, self.invoker, submit, self.config)
+        invoker: Invoker = self.invoker
+        if self.runtime_ref is not None:
+            self.runtime = Runtime(self.runtime_ref, self.app.functions, log_dir=self.data)
+            await self.runtime.start()
+            invoker = self.runtime
+        self.gateway = Gateway(self.app, self.broker, invoker, submit, self.config)
         await self.gateway.serve("127.0.0.1", 0)
 
     async def _stop(self, grace: float) -> None:
@@ -100,6 +116,8 @@ class GatewayThread:
             await self.gateway.shutdown(grace)
         if self.broker is not None:
             await self.broker.close()
+        if self.runtime is not None:
+            await self.runtime.close()
 
     @property
     def port(self) -> int:

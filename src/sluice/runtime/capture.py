@@ -70,8 +70,8 @@ class OutputCapture:
         os.close(memfd)
         # Fresh line-buffered streams keep print() and logging (stderr) in the order they
         # happened, whatever the template's streams were (even None).
-        sys.stdout = sys.__stdout__ = _text_stream(1)
-        sys.stderr = sys.__stderr__ = _text_stream(2)
+        sys.stdout = _text_stream(1)
+        sys.stderr = _text_stream(2)
 
     def reset(self) -> None:
         """Forget the previous invocation's output (cheap when there was none)."""

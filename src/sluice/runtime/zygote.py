@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from sluice.runtime import wire
 from sluice.runtime.environment import EnvironmentConfig
@@ -32,7 +33,7 @@ class TemplateProcess:
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._frames = wire.FrameBuffer()
-        self._ready: asyncio.Future[dict[str, object]] | None = None
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._forks: dict[int, asyncio.Future[int | None]] = {}
         self._seq = itertools.count()
         self.functions: frozenset[str] = frozenset()
@@ -70,8 +71,8 @@ class TemplateProcess:
         if hello.get("op") == "failed":
             await self.close()
             raise AppLoadError(str(hello.get("message")))
-        self.pid = int(hello["pid"])  # type: ignore[call-overload]
-        self.functions = frozenset(hello.get("functions") or ())  # type: ignore[arg-type]
+        self.pid = int(hello["pid"])
+        self.functions = frozenset(hello.get("functions") or ())
 
     async def fork(self, config: EnvironmentConfig, sock_fd: int, memfd: int) -> int | None:
         """Ask for an environment; its pid, or None if the app has no such handler."""

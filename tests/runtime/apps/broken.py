@@ -1,0 +1,5 @@
+import sluice_module_that_does_not_exist  # noqa: F401
+
+import sluice
+
+app = sluice.App("broken")

@@ -1,0 +1,4 @@
+import sluice
+
+first = sluice.App("first")
+second = sluice.App("second")

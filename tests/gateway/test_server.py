@@ -40,6 +40,10 @@ def make_app() -> App:
     def echo(event: dict[str, Any], context: object) -> dict[str, Any]:
         return {"statusCode": 200, "body": str(len(event.get("body", "")))}
 
+    @app.route("GET /big")
+    def big(event: dict[str, Any], context: object) -> dict[str, Any]:
+        return {"statusCode": 200, "body": "b" * 4_000_000}
+
     @app.route("GET /slow")
     async def slow(event: dict[str, Any], context: object) -> dict[str, Any]:
         await asyncio.sleep(0.5)
@@ -290,3 +294,23 @@ def test_shutdown_grace_cuts_requests_that_take_longer(tmp_path: Path) -> None:
     worker.join(5)
     assert time.monotonic() - started < 1.0
     assert len(errors) == 1  # the client saw the connection cut, not a made-up answer
+
+
+def test_client_that_stops_reading_is_cut_after_the_write_timeout(tmp_path: Path) -> None:
+    config = GatewayConfig(write_timeout=0.5)
+    with GatewayThread(make_app(), tmp_path, config) as g:
+        assert g.gateway is not None
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            stalled.connect(("127.0.0.1", g.port))
+            stalled.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")  # and never read
+            time.sleep(0.3)
+            assert g.gateway.connections == 1
+            assert request(g.port, "GET", "/fast").status == 200  # others are served meanwhile
+            deadline = time.monotonic() + 5
+            while g.gateway.connections:
+                assert time.monotonic() < deadline, "the stalled connection was not cut"
+                time.sleep(0.05)
+        finally:
+            stalled.close()

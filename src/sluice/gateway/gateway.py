@@ -90,6 +90,11 @@ class Gateway:
     def port(self) -> int:
         return self._server.port
 
+    @property
+    def connections(self) -> int:
+        """Open client connections (for status pages and tests)."""
+        return self._server.connections
+
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop accepting connections and let in-flight requests finish within ``grace`` s."""
         await self._server.close(grace)

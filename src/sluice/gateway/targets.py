@@ -19,7 +19,7 @@ import orjson
 from sluice.app import App, FixedResponse, Redirect, Target
 from sluice.broker.contract import Broker, OutgoingMessage
 from sluice.config import ACCOUNT_ID
-from sluice.errors import QueueFull, Throttled, ValidationError
+from sluice.errors import Throttled, ValidationError
 from sluice.events.http import (
     HttpRequest,
     HttpResponse,
@@ -28,6 +28,8 @@ from sluice.events.http import (
     apigw_v2_event,
     apigw_v2_response,
 )
+from sluice.gateway.actions import Fixed, RedirectTarget
+from sluice.gateway.backlog import BacklogGuard
 from sluice.gateway.config import GatewayConfig
 from sluice.gateway.errors import FunctionFailed, IntegrationTimeout
 from sluice.gateway.proxy import ReverseProxy
@@ -175,45 +177,6 @@ class AsyncFunction:
         return json_response(202, {"requestId": request_id})
 
 
-class BacklogGuard:
-    """Refuses sends while a queue holds ``max_backlog`` messages. The broker's count is re-read
-    at most every ``interval`` seconds (by one request at a time); sends made since are added,
-    so a burst cannot overshoot by more than what one refresh interval lets through."""
-
-    def __init__(self, broker: Broker, queue: str, limit: int, interval: float, wait: float):
-        self.broker = broker
-        self.queue = queue
-        self.limit = limit
-        self.interval = interval
-        self.wait = wait
-        self._count = 0
-        self._read_at = -1e9
-        self._refresh: asyncio.Task[None] | None = None
-
-    async def check(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._read_at > self.interval and self._refresh is None:
-            self._refresh = asyncio.get_running_loop().create_task(self._read(now))
-        if self._refresh is not None and (self._read_at < 0 or self._count >= self.limit):
-            # Accept on a slightly stale count, but never refuse on one: wait for the fresh one.
-            await asyncio.shield(self._refresh)
-        if self._count >= self.limit:
-            raise QueueFull(
-                f"queue {self.queue!r} holds {self._count} messages (max_backlog {self.limit})",
-                retry_after=self.wait,
-            )
-
-    def sent(self) -> None:
-        self._count += 1
-
-    async def _read(self, now: float) -> None:
-        try:
-            self._count = (await self.broker.stats(self.queue)).total
-            self._read_at = now
-        finally:
-            self._refresh = None
-
-
 class QueueTarget:
     """The request body (and chosen headers, as message attributes) becomes a message; 202 with
     the message id once it is durable."""
@@ -265,52 +228,6 @@ class QueueTarget:
                     f"queue {self.queue!r} is FIFO: send the {GROUP_ID_HEADER} header"
                 )
         return OutgoingMessage(body, attributes, group_id=group, deduplication_id=dedup)
-
-
-class Fixed:
-    def __init__(self, action: FixedResponse) -> None:
-        self.response = Response(
-            action.status, [(b"content-type", action.content_type.encode())], action.body.encode()
-        )
-
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
-        r = self.response
-        return Response(r.status, list(r.headers), r.body)
-
-
-class RedirectTarget:
-    """ALB redirect: each URL part is a template over the request's own parts."""
-
-    def __init__(self, action: Redirect) -> None:
-        self.action = action
-
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
-        a = self.action
-        tail = (request.header("host") or "").rsplit("]", 1)[-1]  # past an IPv6 literal
-        _, sep, port = tail.rpartition(":")
-        values = {
-            "#{protocol}": "http",
-            "#{host}": request.host,
-            "#{port}": port if sep and port.isdigit() else str(request.server_port),
-            "#{path}": request.path.lstrip("/"),
-            "#{query}": request.query,
-        }
-
-        def fill(template: str) -> str:
-            for key, value in values.items():
-                template = template.replace(key, value)
-            return template
-
-        protocol = fill(a.protocol).lower()
-        port = fill(a.port)
-        default_port = {"http": "80", "https": "443"}.get(protocol)
-        netloc = fill(a.host) + ("" if port == default_port else f":{port}")
-        path = fill(a.path)
-        query = fill(a.query)
-        location = f"{protocol}://{netloc}{path if path.startswith('/') else '/' + path}"
-        if query:
-            location += f"?{query}"
-        return Response(a.status, [(b"location", location.encode())])
 
 
 def build_target(target: Target, binding: Binding, c: Collaborators) -> Endpoint:

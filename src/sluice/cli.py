@@ -167,7 +167,7 @@ def dev(
     """Run APP (path/to/app.py or package.module:app) with every part in one process tree."""
     from sluice.platform import Roles
 
-    settings = _settings(ctx).with_(**_hp(host, port, data_dir))
+    settings = _settings(ctx).with_(control_loopback=True, **_hp(host, port, data_dir))
     _serve(settings, app_ref, Roles(dispatch=True, http=True))
 
 

@@ -24,6 +24,13 @@ class Settings:
     async_retry_delays: tuple[float, ...] = (60.0, 120.0)
     # Default concurrency of a mapping that sets no max_concurrency (Lambda starts at 5 batches).
     default_mapping_concurrency: int = 5
+    # Concurrent execution environments on this host, all functions together (Lambda's account
+    # concurrency, 1,000 by default there).
+    max_environments: int = 1000
+    # The control API (Invoke API, status): open to loopback clients when `control_loopback`
+    # (sluice dev), and to clients presenting this bearer token.
+    control_loopback: bool = False
+    control_token: str | None = None
     log_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +59,10 @@ class Settings:
             values["broker_url"] = env["SLUICE_BROKER"]
         if "SLUICE_STATE" in env:
             values["state_url"] = env["SLUICE_STATE"]
+        if "SLUICE_MAX_ENVIRONMENTS" in env:
+            values["max_environments"] = int(env["SLUICE_MAX_ENVIRONMENTS"])
+        if "SLUICE_CONTROL_TOKEN" in env:
+            values["control_token"] = env["SLUICE_CONTROL_TOKEN"]
         if "SLUICE_REGION" in env:
             values["region"] = env["SLUICE_REGION"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -78,7 +78,11 @@ class Platform:
             await self.broker.create_queue(async_queue_config(fn))
         self.limiter = open_limiter(s)
         self.runtime = Runtime(
-            self.app_ref, self.app.functions, limiter=self.limiter, log_dir=s.logs
+            self.app_ref,
+            self.app.functions,
+            limiter=self.limiter,
+            log_dir=s.logs,
+            max_environments=s.max_environments,
         )
         await self.runtime.start()
         if roles.dispatch:
@@ -91,9 +95,11 @@ class Platform:
 
     async def _start_gateway(self) -> None:
         from sluice.gateway import create_gateway
+        from sluice.gateway.control import Control
 
-        assert self.broker is not None
-        self.gateway = create_gateway(self)
+        s = self.settings
+        control = Control(self, loopback=s.control_loopback, token=s.control_token)
+        self.gateway = create_gateway(self, control=control)
         await self.gateway.serve(self.settings.host, self.settings.port)
 
     async def close(self, grace: float = 10.0) -> None:

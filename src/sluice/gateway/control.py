@@ -58,7 +58,7 @@ class Control:
             return await self._invoke(match.group(1).split(":")[0], request)
         except SluiceError as exc:
             response = error_response(exc)
-            response.headers.append(("x-amzn-errortype", exc.code))
+            response.headers.append((b"x-amzn-errortype", exc.code.encode()))
             return response
 
     async def _invoke(self, function: str, request: Request) -> Response:
@@ -66,7 +66,7 @@ class Control:
         payload = request.body or b"{}"
         if kind == "Event":
             request_id = await self._platform.submit(function, payload)
-            return Response(202, [("x-amzn-requestid", request_id)])
+            return Response(202, [(b"x-amzn-requestid", request_id.encode())])
         if kind == "DryRun":
             self._platform.app.get_function(function)
             return Response(204)
@@ -76,13 +76,13 @@ class Control:
             )
         result = await self._platform.invoke(function, payload)
         headers = [
-            ("content-type", JSON),
-            ("x-amzn-requestid", result.request_id),
-            ("x-amz-executed-version", "$LATEST"),
+            (b"content-type", JSON),
+            (b"x-amzn-requestid", result.request_id.encode()),
+            (b"x-amz-executed-version", b"$LATEST"),
         ]
         if result.function_error:
-            headers.append(("x-amz-function-error", result.function_error))
+            headers.append((b"x-amz-function-error", result.function_error.encode()))
         if (request.header("x-amz-log-type") or "") == "Tail":
             tail = result.logs.encode()[-LOG_TAIL:]
-            headers.append(("x-amz-log-result", base64.b64encode(tail).decode()))
+            headers.append((b"x-amz-log-result", base64.b64encode(tail)))
         return Response(200, headers, result.payload)

@@ -62,7 +62,13 @@ class Gateway:
         self._route_endpoints: dict[int, tuple[str, Endpoint]] = {}
         for route in self.routes.routes:
             s = route.spec
-            binding = Binding(s.route_key, timeout=s.timeout, forward_headers=s.forward_headers)
+            binding = Binding(
+                s.route_key,
+                timeout=s.timeout,
+                forward_headers=s.forward_headers,
+                schema=s.schema,
+                accepted=s.accepted,
+            )
             self._route_endpoints[id(s)] = (s.route_key, build_target(s.target, binding, c))
         self._rule_endpoints: dict[int, tuple[str, Endpoint]] = {}
         for r in app.rules:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -33,7 +33,8 @@ from sluice.gateway.backlog import BacklogGuard
 from sluice.gateway.config import GatewayConfig
 from sluice.gateway.errors import FunctionFailed, IntegrationTimeout
 from sluice.gateway.proxy import ReverseProxy
-from sluice.gateway.wire import Request, Response, json_response
+from sluice.gateway.validation import BodyValidator, accepted_body
+from sluice.gateway.wire import JSON, Request, Response
 from sluice.runtime.contract import Invoker
 
 log = logging.getLogger("sluice.gateway")
@@ -58,6 +59,8 @@ class Binding:
     multi_value_headers: bool = False
     timeout: float | None = None
     forward_headers: tuple[str, ...] = ()
+    schema: Mapping[str, Any] | None = None  # request body JSON Schema (400 when not met)
+    accepted: Mapping[str, Any] | None = None  # 202 body template for queue / async targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +174,12 @@ class AsyncFunction:
         self.function = function
         self.events = EventBuilder(binding, c.app)
         self.submit = c.submit_async
+        self.accepted = binding.accepted
 
     async def __call__(self, request: Request, params: dict[str, str]) -> Response:
         request_id = await self.submit(self.function, self.events.event(request, params))
-        return json_response(202, {"requestId": request_id})
+        body = accepted_body(self.accepted, requestId=request_id)
+        return Response(202, [(b"content-type", JSON)], body)
 
 
 class QueueTarget:
@@ -187,6 +192,7 @@ class QueueTarget:
         self.broker = c.broker
         self.fifo = queue.endswith(".fifo")
         self.forward = tuple(h.lower() for h in binding.forward_headers)
+        self.accepted = binding.accepted
         self.guard = (
             BacklogGuard(
                 c.broker,
@@ -206,7 +212,8 @@ class QueueTarget:
         result = (await self.broker.send(self.queue, [message]))[0]
         if self.guard is not None:
             self.guard.sent()
-        return json_response(202, {"messageId": result.message_id})
+        body = accepted_body(self.accepted, messageId=result.message_id)
+        return Response(202, [(b"content-type", JSON)], body)
 
     def _message(self, request: Request) -> OutgoingMessage:
         attributes: dict[str, dict[str, str]] = {}
@@ -231,6 +238,19 @@ class QueueTarget:
 
 
 def build_target(target: Target, binding: Binding, c: Collaborators) -> Endpoint:
+    endpoint = _build(target, binding, c)
+    if binding.schema is None:
+        return endpoint
+    validator = BodyValidator(binding.schema, binding.route_key)
+
+    async def validated(request: Request, params: dict[str, str]) -> Response:
+        validator(request.body)
+        return await endpoint(request, params)
+
+    return validated
+
+
+def _build(target: Target, binding: Binding, c: Collaborators) -> Endpoint:
     if isinstance(target, FixedResponse):
         return Fixed(target)
     if isinstance(target, Redirect):

@@ -11,6 +11,7 @@ Database: PAYMENTS_DATABASE_URL (default sqlite:///.sluice/payments.db; postgres
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from pathlib import Path
@@ -51,6 +52,13 @@ def ledger() -> Ledger:
     return _ledger
 
 
+def _body(event: dict) -> bytes:
+    """The request body; API Gateway base64-encodes bodies that are not declared as JSON/text
+    (curl's default form content type, for one)."""
+    body = event.get("body") or ""
+    return base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
+
+
 def _json(status: int, body: object) -> dict:
     return {
         "statusCode": status,
@@ -82,7 +90,7 @@ def api(event, context):
     route = event["routeKey"]
     if route == "POST /accounts":
         try:
-            body = orjson.loads(event.get("body") or "")
+            body = orjson.loads(_body(event))
             account, balance = body["id"], body.get("balance", 0)
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return _json(400, {"message": 'expected {"id": "...", "balance": <integer>}'})
@@ -145,7 +153,7 @@ if SYNC_DESIGN:
     @app.route("POST /transfers", schema=TRANSFER_SCHEMA)
     def transfer_now(event, context):
         """The synchronous design: settle this one transfer against the database right now."""
-        body = orjson.loads(event["body"])
+        body = orjson.loads(_body(event))
         transfer = Transfer(
             id=context.aws_request_id,
             idempotency_key=body["idempotency_key"],

@@ -32,6 +32,7 @@ class LoadResult:
     timeline: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     latencies_ms: list[float] = field(default_factory=list)
     duration: float = 0.0
+    started_at: float = 0.0  # wall-clock time the spike began (timeline second 0)
 
     def merge(self, other: dict[str, Any]) -> None:
         self.sent += other["sent"]
@@ -41,6 +42,7 @@ class LoadResult:
             self.timeline[int(sec)].update(counts)
         self.latencies_ms.extend(other["latencies_ms"])
         self.duration = max(self.duration, other["duration"])
+        self.started_at = other["started_at"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class LoadResult:
             "timeline": {k: dict(v) for k, v in sorted(self.timeline.items())},
             "latencies_ms": self.latencies_ms,
             "duration": self.duration,
+            "started_at": self.started_at,
         }
 
     def percentile(self, p: float) -> float:
@@ -172,6 +175,7 @@ def _worker(args: dict[str, Any], out: Any) -> None:
             )
         )
         res.duration = time.perf_counter() - t0
+        res.started_at = args["t0"]
         return res
 
     out.send(uvloop.run(run()).to_dict())

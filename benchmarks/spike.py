@@ -109,6 +109,7 @@ class PostgresCluster:
 class Samples:
     t: list[float] = field(default_factory=list)
     connections: list[int] = field(default_factory=list)
+    writer_connections: list[int] = field(default_factory=list)  # held by the writing function
     rows: list[int] = field(default_factory=list)
 
 
@@ -118,21 +119,23 @@ class Sampler(threading.Thread):
         self.url, self.interval = url, interval
         self.samples = Samples()
         self.stop_event = threading.Event()
-        self.t0 = time.perf_counter()
+        self.t0 = time.time()
 
     def run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self.stop_event.is_set():
-                conns = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'payments' "
-                    "AND pid <> pg_backend_pid()"
-                ).fetchone()[0]
+                conns, writers = conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE application_name IN "
+                    "('payments-settle', 'payments-transfer_now')) FROM pg_stat_activity "
+                    "WHERE datname = 'payments' AND pid <> pg_backend_pid()"
+                ).fetchone()
                 try:
                     rows = conn.execute("SELECT count(*) FROM transfers").fetchone()[0]
                 except psycopg.errors.UndefinedTable:
                     rows = 0
-                self.samples.t.append(time.perf_counter() - self.t0)
+                self.samples.t.append(time.time() - self.t0)
                 self.samples.connections.append(conns)
+                self.samples.writer_connections.append(writers)
                 self.samples.rows.append(rows)
                 self.stop_event.wait(self.interval)
 
@@ -280,11 +283,13 @@ def run_design(design: str, pg: PostgresCluster, args: argparse.Namespace) -> di
             "not_stored": load.sent - accepted,
             "money_conserved": int(balance_sum) == ACCOUNTS * 10**12,
             "peak_db_connections": max(sampler.samples.connections, default=0),
+            "peak_writer_connections": max(sampler.samples.writer_connections, default=0),
             "load_seconds": round(load.duration, 2),
             "drain_seconds": round(drained_at, 2),
             "p50_ms": round(load.percentile(50), 1),
             "p99_ms": round(load.percentile(99), 1),
             "timeline": {k: dict(v) for k, v in sorted(load.timeline.items())},
+            "load_offset": load.started_at - sampler.t0,  # timeline second 0 on the sample axis
             "samples": sampler.samples.__dict__,
         }
     finally:
@@ -307,15 +312,16 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"max_concurrency={args.db_connections}; sync design capped at "
         f"{args.max_environments} environments.",
         "",
-        "| design | accepted | errors by kind | rows in DB | in DLQ | lost | peak DB conns | "
-        "drain s | p50 ms | p99 ms |",
+        "| design | accepted | errors by kind | rows in DB | in DLQ | lost | peak DB conns "
+        "(writer / all) | drain s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         errors = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["errors"].items())) or "none"
         lines.append(
             f"| {r['design']} | {r['accepted']:,} | {errors} | {r['rows']:,} | {r['in_dlq']:,} | "
-            f"{r['lost']:,} | {r['peak_db_connections']} | {r['drain_seconds']} | "
+            f"{r['lost']:,} | {r['peak_writer_connections']} / {r['peak_db_connections']} | "
+            f"{r['drain_seconds']} | "
             f"{r['p50_ms']} | {r['p99_ms']} |"
         )
     return "\n".join(lines) + "\n"
@@ -334,9 +340,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         secs = sorted(int(s) for s in r["timeline"])
         ok = [r["timeline"][s].get("2xx", 0) for s in secs]
         bad = [sum(v for k, v in r["timeline"][s].items() if k != "2xx") for s in secs]
+        x = [s + r["load_offset"] for s in secs]
         ax = axes[0][col]
-        ax.plot(secs, ok, label="accepted/s")
-        ax.plot(secs, bad, label="refused or failed/s", color="tab:red")
+        ax.step(x, ok, where="post", label="accepted/s")
+        ax.step(x, bad, where="post", label="refused or failed/s", color="tab:red")
         ax.set_title(f"({'A' if r['design'] == 'sync' else 'B'}) {r['design']}")
         ax.set_ylabel("requests/s")
         ax.legend()
@@ -344,7 +351,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         rate = [(rows[i] - rows[i - 1]) / (t[i] - t[i - 1]) for i in range(1, len(t))]
         axes[1][col].plot(t[1:], rate, color="tab:green")
         axes[1][col].set_ylabel("rows written/s")
-        axes[2][col].plot(t, r["samples"]["connections"], color="tab:purple")
+        axes[2][col].plot(t, r["samples"]["connections"], color="tab:purple", label="all")
+        axes[2][col].plot(
+            t, r["samples"]["writer_connections"], color="tab:orange", label="writing function"
+        )
         axes[2][col].axhline(r["max_db"], color="gray", linestyle="--", label="max_connections")
         axes[2][col].set_ylabel("DB connections")
         axes[2][col].set_xlabel("seconds")

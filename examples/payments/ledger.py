@@ -3,6 +3,7 @@ default) or PostgreSQL. Amounts are integers in minor units (cents)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -72,7 +73,11 @@ class Ledger:
             if self.postgres:
                 import psycopg
 
-                self._conn = psycopg.connect(self.url, autocommit=False)
+                # The function's name tags the connection, so pg_stat_activity shows who holds it.
+                name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "payments")
+                self._conn = psycopg.connect(
+                    self.url, autocommit=False, application_name=f"payments-{name}"
+                )
             else:
                 path = self.url.removeprefix("sqlite:///")
                 self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)

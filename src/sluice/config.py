@@ -3,11 +3,47 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sluice.errors import ValidationError
+
 ACCOUNT_ID = "000000000000"
+CONFIG_FILE = "sluice.toml"
+# Keys of a config file (the same settings as the SLUICE_* variables) and the fields they set.
+FILE_KEYS = {
+    "data_dir": "data_dir",
+    "broker": "broker_url",
+    "state": "state_url",
+    "region": "region",
+    "host": "host",
+    "port": "port",
+    "max_environments": "max_environments",
+    "control_token": "control_token",
+}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings fields from a TOML file; a relative ``data_dir`` is relative to the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"cannot read config file {str(path)!r}: {exc}") from None
+    unknown = sorted(set(data) - set(FILE_KEYS))
+    if unknown:
+        known = ", ".join(FILE_KEYS)
+        raise ValidationError(f"{path}: unknown settings {unknown} (known: {known})")
+    for key, value in data.items():
+        wanted = int if key in ("port", "max_environments") else str
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            raise ValidationError(f"{path}: {key} must be a {wanted.__name__}, got {value!r}")
+    values = {FILE_KEYS[k]: v for k, v in data.items()}
+    if "data_dir" in values:
+        values["data_dir"] = path.parent / str(values["data_dir"])
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +86,10 @@ class Settings:
         return replace(self, **changes)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
+    def from_env(cls, file_values: Mapping[str, Any] | None = None, **overrides: Any) -> Settings:
+        """Overrides (flags) beat the environment, which beats ``file_values`` (a config file)."""
         env = os.environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(file_values or {})
         if "SLUICE_DATA_DIR" in env:
             values["data_dir"] = Path(env["SLUICE_DATA_DIR"])
         if "SLUICE_BROKER" in env:

@@ -93,7 +93,7 @@ class Client:
             return self._run(submit_async(self._get_broker(), function, body))
         _status, headers, data = self._http_invoke(function, body)
         result = orjson.loads(data) if data else None
-        if headers.get("X-Amz-Function-Error"):
+        if headers.get("x-amz-function-error"):
             raise FunctionError(result)
         return result
 
@@ -109,7 +109,8 @@ class Client:
         )
         try:
             with urllib.request.urlopen(request, timeout=930) as response:
-                return response.status, dict(response.headers), response.read()
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                return response.status, headers, response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()
             try:

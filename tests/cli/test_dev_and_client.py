@@ -1,0 +1,114 @@
+"""`sluice dev` serving an app, driven through `sluice.Client`, `sluice invoke` and `sluice status`
+(which find the running platform through its data dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sluice
+from tests.cli.test_cli import APP
+from tests.cli.test_cli import sluice as run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    port = free_port()
+    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sluice.cli",
+            "dev",
+            APP,
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "dev.json").exists():
+        assert proc.poll() is None, (tmp_path / "dev.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        yield tmp_path, url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log.close()
+        assert not (tmp_path / "dev.json").exists()
+
+
+def test_client_invokes_and_sends(dev: tuple[Path, str]) -> None:
+    data, url = dev
+    with sluice.Client(data_dir=data, url=url) as client:
+        assert client.invoke("echo", {"x": 1}) == {"echo": {"x": 1}, "function": "echo"}
+        with pytest.raises(sluice.FunctionError) as failure:
+            client.invoke("boom")
+        assert failure.value.error["errorType"] == "ValueError"
+        assert failure.value.error["errorMessage"] == "no good"
+        with pytest.raises(sluice.SluiceError) as missing:
+            client.invoke("nope")
+        assert missing.value.status == 404
+        request_id = client.invoke("echo", {"later": True}, asynchronous=True)
+        assert len(request_id) == 36
+        ids = client.send_batch("jobs", [{"n": 1}, "plain"])
+        assert len(ids) == 2 and client.stats("jobs").total == 2
+
+
+def test_cli_finds_the_running_platform(dev: tuple[Path, str]) -> None:
+    data, _url = dev
+    out = run_cli(data, "invoke", "echo", "--payload", '{"via": "cli"}')
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["echo"] == {"via": "cli"}
+    status = json.loads(run_cli(data, "status", "--json").stdout)
+    assert status["app"] == "clitest"
+    assert status["functions"]["echo"]["warm"] >= 1
+    assert {q["name"] for q in status["queues"]} >= {"jobs", "jobs-dlq"}
+
+
+def test_lambda_invoke_api_headers(dev: tuple[Path, str]) -> None:
+    _, url = dev
+    request = urllib.request.Request(
+        f"{url}/2015-03-31/functions/boom/invocations",
+        data=b"{}",
+        method="POST",
+        headers={"X-Amz-Log-Type": "Tail"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        assert response.headers["X-Amz-Function-Error"] == "Unhandled"
+        import base64
+
+        assert "REPORT RequestId" in base64.b64decode(response.headers["X-Amz-Log-Result"]).decode()
+    event = urllib.request.Request(
+        f"{url}/2015-03-31/functions/echo/invocations",
+        data=b"{}",
+        method="POST",
+        headers={"X-Amz-Invocation-Type": "Event"},
+    )
+    with urllib.request.urlopen(event, timeout=30) as response:
+        assert response.status == 202
+    assert os.environ.get("SLUICE_CONTROL_TOKEN") is None

@@ -284,7 +284,7 @@ class App:
         on_failure: str | None = None,
     ) -> Any:
         """Declare (or reconfigure) a function. Usable bare (``@app.function``) or with options."""
-        options = {
+        options: dict[str, Any] = {
             k: v
             for k, v in {
                 "timeout": timeout,
@@ -296,7 +296,7 @@ class App:
             }.items()
             if v is not None
         }
-        async_options = {
+        async_options: dict[str, Any] = {
             k: v
             for k, v in {
                 "retries": retries,

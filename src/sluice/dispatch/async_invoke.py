@@ -16,7 +16,7 @@ import orjson
 from sluice.app import FunctionSpec
 from sluice.broker.contract import Broker, Message, OutgoingMessage, QueueConfig
 from sluice.errors import InvalidPayload, Throttled
-from sluice.events.destinations import destination_record
+from sluice.events.destinations import Condition, destination_record
 from sluice.runtime.contract import InvocationResult, Invoker
 
 log = logging.getLogger("sluice.dispatch")
@@ -134,7 +134,7 @@ class EventInvokeHandler:
         request_id: str,
         attempts: int,
         result: InvocationResult | None,
-        condition: str,
+        condition: Condition,
     ) -> None:
         cfg = self.spec.async_config
         destination = cfg.on_success if condition == "Success" else cfg.on_failure

@@ -77,6 +77,7 @@ class SqsMappingHandler:
     async def _apply_filter(
         self, event: dict, messages: Sequence[Message]
     ) -> tuple[dict, Sequence[Message]]:
+        assert self._filter is not None
         keep_records, keep, drop = [], [], []
         for record, message in zip(event["Records"], messages, strict=True):
             if sqs_record_matches(self._filter, record):

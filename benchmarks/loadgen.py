@@ -32,6 +32,8 @@ class LoadResult:
     timeline: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     latencies_ms: list[float] = field(default_factory=list)
     duration: float = 0.0
+    # the request numbers ({n}) answered 2xx, when run_load(record_accepted=True)
+    accepted: list[int] = field(default_factory=list)
     started_at: float = 0.0  # wall-clock time the spike began (timeline second 0)
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -41,6 +43,7 @@ class LoadResult:
         for sec, counts in other["timeline"].items():
             self.timeline[int(sec)].update(counts)
         self.latencies_ms.extend(other["latencies_ms"])
+        self.accepted.extend(other["accepted"])
         self.duration = max(self.duration, other["duration"])
         self.started_at = other["started_at"]
 
@@ -52,6 +55,7 @@ class LoadResult:
             "timeline": {k: dict(v) for k, v in sorted(self.timeline.items())},
             "latencies_ms": self.latencies_ms,
             "duration": self.duration,
+            "accepted": self.accepted,
             "started_at": self.started_at,
         }
 
@@ -75,6 +79,7 @@ async def _connection(
     t0: float,
     timeout: float,
     sample_every: int,
+    record_accepted: bool = False,
 ) -> None:
     reader = writer = None
     while budget[0] > 0:
@@ -89,6 +94,8 @@ async def _connection(
             writer.write(make_request(n))
             status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout)
             res.statuses[status] += 1
+            if record_accepted and 200 <= status < 300:
+                res.accepted.append(n)
             res.timeline[int(time.perf_counter() - t0)][_status_class(status)] += 1
             if n % sample_every == 0:
                 res.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -169,12 +176,21 @@ def _worker(args: dict[str, Any], out: Any) -> None:
         await asyncio.gather(
             *(
                 _connection(
-                    host, port, make_request, budget, res, t0, args["timeout"], args["sample_every"]
+                    host,
+                    port,
+                    make_request,
+                    budget,
+                    res,
+                    t0,
+                    args["timeout"],
+                    args["sample_every"],
+                    args["record_accepted"],
                 )
                 for _ in range(args["connections"])
             )
         )
         res.duration = time.perf_counter() - t0
+        res.accepted = [offset + n for n in res.accepted]  # the numbers the bodies carried
         res.started_at = args["t0"]
         return res
 
@@ -191,6 +207,7 @@ def run_load(
     processes: int = 2,
     timeout: float = 60.0,
     sample_every: int = 10,
+    record_accepted: bool = False,
 ) -> LoadResult:
     ctx = mp.get_context("spawn")
     start_at = time.time() + 1.0 + 0.2 * processes
@@ -207,6 +224,7 @@ def run_load(
             "offset": i * (requests // processes + 1),
             "t0": start_at,
             "sample_every": sample_every,
+            "record_accepted": record_accepted,
         }
         p = ctx.Process(target=_worker, args=(args, child), daemon=True)
         p.start()
@@ -239,7 +257,9 @@ def main() -> None:
         processes=a.processes,
         timeout=a.timeout,
     )
-    summary = {k: v for k, v in res.to_dict().items() if k not in ("latencies_ms", "timeline")}
+    summary = {
+        k: v for k, v in res.to_dict().items() if k not in ("latencies_ms", "timeline", "accepted")
+    }
     summary["rps"] = round(res.sent / res.duration) if res.duration else 0
     summary["p50_ms"], summary["p99_ms"] = res.percentile(50), res.percentile(99)
     print(json.dumps(summary, indent=2))

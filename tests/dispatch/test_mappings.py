@@ -156,3 +156,29 @@ def test_async_invoke_rejects_malformed_payload_and_unknown_function(tmp_path, o
             await platform.close()
 
     asyncio.run(main())
+
+
+def test_a_disabled_mapping_leaves_messages_waiting_until_enabled(tmp_path, out):
+    async def main() -> None:
+        platform = await start(tmp_path)
+        try:
+            assert platform.dispatcher is not None
+            await platform.dispatcher.set_enabled("filtered->picky", False)
+            await send(platform, "filtered", [{"id": "a", "kind": "keep"}])
+            await asyncio.sleep(1.5)
+            assert (await platform.broker.stats("filtered")).visible == 1
+            assert lines(out, "picky") == []
+            await platform.dispatcher.set_enabled("filtered->picky", True)
+
+            async def drained() -> bool:
+                return lines(out, "picky") == ["a"]
+
+            await eventually(drained, timeout=10)
+            from sluice.errors import NotFound
+
+            with pytest.raises(NotFound):
+                await platform.dispatcher.set_enabled("nope->nothing", True)
+        finally:
+            await platform.close()
+
+    asyncio.run(main())

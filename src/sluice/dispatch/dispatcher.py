@@ -38,6 +38,7 @@ class Dispatcher:
         self._settings = settings
         self._submit = submit
         self.pollers: list[Poller] = []
+        self._mapping_pollers: dict[str, Poller] = {}
 
     def _mapping_poller(self, spec: MappingSpec) -> Poller:
         fn = self.app.get_function(spec.function)
@@ -82,13 +83,30 @@ class Dispatcher:
 
     def start(self) -> None:
         for spec in self.app.mappings:
+            poller = self._mapping_poller(spec)
+            self._mapping_pollers[spec.name] = poller
+            self.pollers.append(poller)
             if spec.enabled:
-                self.pollers.append(self._mapping_poller(spec))
+                poller.start()
         for fn in self.app.functions.values():
             if fn.reserved_concurrency != 0:
-                self.pollers.append(self._async_poller(fn))
-        for poller in self.pollers:
+                poller = self._async_poller(fn)
+                self.pollers.append(poller)
+                poller.start()
+
+    async def set_enabled(self, mapping: str, enabled: bool) -> None:
+        """Enable or disable a mapping (``QUEUE->FUNCTION``) while running, as Lambda's
+        UpdateEventSourceMapping does: a disabled mapping finishes the batches it has in flight
+        and leaves its queue alone; the messages wait. The declared state returns on restart."""
+        from sluice.errors import NotFound
+
+        poller = self._mapping_pollers.get(mapping)
+        if poller is None:
+            raise NotFound(f"no event source mapping {mapping!r}")
+        if enabled and not poller.running:
             poller.start()
+        elif not enabled and poller.running:
+            await poller.stop()
 
     async def stop(self, grace: float = 30.0) -> None:
         import asyncio

@@ -56,6 +56,10 @@ class Poller:
         self.failures = 0
 
     @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    @property
     def target_concurrency(self) -> int:
         return self._target
 
@@ -153,6 +157,7 @@ class Poller:
     def status(self) -> dict[str, object]:
         return {
             "name": self.config.name,
+            "enabled": self.running,
             "queue": self.config.queue,
             "max_concurrency": self.config.max_concurrency,
             "target_concurrency": self._target,

@@ -14,12 +14,14 @@ import ipaddress
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from sluice.errors import SluiceError, ValidationError
 from sluice.gateway.wire import JSON, Request, Response, error_response, json_response
 
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([A-Za-z0-9_.:-]+)/invocations$")
 STATUS_PATH = "/_sluice/status"
+MAPPING_PATH = re.compile(r"^/_sluice/mappings/([^/]+)/(enable|disable)$")
 LOG_TAIL = 4096  # Lambda returns the last 4 KB of the log with LogType=Tail
 
 ControlHandler = Callable[[Request], Awaitable[Response | None]]
@@ -47,19 +49,30 @@ class Control:
 
     async def __call__(self, request: Request) -> Response | None:
         """A response for a control request, or None when the request is not one."""
-        match = INVOKE_PATH.match(request.path) if request.method == "POST" else None
+        post = request.method == "POST"
+        match = INVOKE_PATH.match(request.path) if post else None
+        toggle = MAPPING_PATH.match(request.path) if post else None
         is_status = request.method == "GET" and request.path == STATUS_PATH
-        if (match is None and not is_status) or not self._allowed(request):
+        if (match is None and toggle is None and not is_status) or not self._allowed(request):
             return None
         try:
             if is_status:
                 return json_response(200, await self._platform.status())
+            if toggle is not None:
+                return await self._toggle(unquote(toggle.group(1)), toggle.group(2) == "enable")
             assert match is not None
             return await self._invoke(match.group(1).split(":")[0], request)
         except SluiceError as exc:
             response = error_response(exc)
             response.headers.append((b"x-amzn-errortype", exc.code.encode()))
             return response
+
+    async def _toggle(self, mapping: str, enabled: bool) -> Response:
+        dispatcher = self._platform.dispatcher
+        if dispatcher is None:
+            raise ValidationError("this platform runs no dispatcher (a gateway-only role)")
+        await dispatcher.set_enabled(mapping, enabled)
+        return json_response(200, {"mapping": mapping, "enabled": enabled})
 
     async def _invoke(self, function: str, request: Request) -> Response:
         kind = request.header("x-amz-invocation-type") or "RequestResponse"

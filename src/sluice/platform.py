@@ -94,13 +94,18 @@ class Platform:
             await self._start_gateway()
 
     async def _start_gateway(self) -> None:
+        self.gateway = self.build_gateway()
+        await self.gateway.serve(self.settings.host, self.settings.port)
+
+    def build_gateway(self) -> Any:
+        """This app's `Gateway`, not listening: a caller that keeps one server across app
+        versions (`sluice.deploy.follower`) hands requests to it."""
         from sluice.gateway import create_gateway
         from sluice.gateway.control import Control
 
         s = self.settings
         control = Control(self, loopback=s.control_loopback, token=s.control_token)
-        self.gateway = create_gateway(self, control=control)
-        await self.gateway.serve(self.settings.host, self.settings.port)
+        return create_gateway(self, control=control)
 
     async def close(self, grace: float = 10.0) -> None:
         if self.gateway is not None:
@@ -115,6 +120,10 @@ class Platform:
         if self.broker is not None:
             await self.broker.close()
             self.broker = None
+        aclose = getattr(self.limiter, "aclose", None)  # a Redis limiter owns a connection
+        self.limiter = None
+        if aclose is not None:
+            await aclose()
 
     # -- operations the gateway, the CLI and clients use ---------------------------------
 

@@ -1,0 +1,106 @@
+"""`sluice worker --app-name` on Redis + PostgreSQL: runs the latest deployed version and picks up
+a new one without a restart, losing no message across the switch."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sluice.broker.contract import OutgoingMessage
+from sluice.broker.redis import RedisBroker
+from tests.scaleout.procs import SLUICE, Sluice, wait_for, write_app
+from tests.servers import require_postgres, require_redis
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+SOURCE = """
+import os
+import sluice
+
+app = sluice.App("{name}")
+app.queue("{queue}", visibility_timeout=30)
+
+
+@app.consume("{queue}", batch_size=10)
+def work(event, context):
+    with open(os.environ["DEPLOY_OUT"], "a") as out:
+        for record in event["Records"]:
+            out.write("{tag} " + record["body"] + "\\n")
+"""
+
+
+def send(url: str, queue: str, bodies: list[str]) -> None:
+    async def run() -> None:
+        broker = RedisBroker(url)
+        await broker.start()
+        try:
+            await broker.send(queue, [OutgoingMessage(body=b) for b in bodies])
+        finally:
+            await broker.close()
+
+    asyncio.run(run())
+
+
+def seen(out: Path) -> list[str]:
+    return out.read_text().splitlines() if out.exists() else []
+
+
+def test_worker_picks_up_a_new_version_without_restart(tmp_path: Path) -> None:
+    redis_url, postgres = require_redis(), require_postgres()
+    schema = f"t_{secrets.token_hex(4)}"
+    name, queue = f"deploy{secrets.token_hex(3)}", f"work-{secrets.token_hex(3)}"
+    out = tmp_path / "out.txt"
+    env = {
+        "SLUICE_BROKER": redis_url,
+        "SLUICE_STATE": f"{postgres}?schema={schema}",
+        "SLUICE_DATA_DIR": str(tmp_path / "data"),
+        "DEPLOY_OUT": str(out),
+    }
+    src = tmp_path / "src"
+
+    def deploy(tag: str) -> str:
+        app = write_app(src, SOURCE.format(name=name, queue=queue, tag=tag))
+        done = subprocess.run(
+            [*SLUICE, "deploy", str(app)], env={**env}, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    import os
+
+    env = {**os.environ, **env}
+    worker: Sluice | None = None
+    try:
+        assert f"deployed {name} version 1" in deploy("v1")
+        worker = Sluice(
+            ["worker", "--app-name", name, "--poll-interval", "0.5"],
+            env,
+            tmp_path / "worker.log",
+            tmp_path,
+        )
+        wait_for(lambda: f"{name} version 1" in worker.output(), "worker running", 30, worker)
+        send(redis_url, queue, ["a"])
+        wait_for(lambda: "v1 a" in seen(out), "version 1 handles a message", 30, worker)
+        assert f"deployed {name} version 2" in deploy("v2")
+        sent: list[str] = []
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("v2 ") for line in seen(out)):
+            assert time.monotonic() < deadline, worker.output()
+            sent.append(f"m{len(sent)}")
+            send(redis_url, queue, [sent[-1]])
+            time.sleep(0.2)
+        bodies = lambda: {line.split()[1] for line in seen(out)}  # noqa: E731
+        wait_for(lambda: set(sent) <= bodies(), "every message sent across the switch", 30, worker)
+        assert worker.alive, worker.output()
+        assert f"{name}: running version 2" in worker.output()
+    finally:
+        if worker is not None:
+            worker.stop()
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -500,7 +500,7 @@ def scenario_gateway(ledger: Ledger, n: int, kills: int = 10) -> Outcome:
             with deployment(ledger, redis.url, Path(tmp)) as d:
                 gateway = d.gateway()
                 d.worker(0), d.worker(1)
-                return _under_http_load(d, out, at_fractions(kills, 0.08, 0.8), _restart(gateway))
+                return _under_http_load(d, out, at_fractions(kills, 0.05, 0.7), _restart(gateway))
         finally:
             redis.stop()
 
@@ -554,7 +554,11 @@ def scenario_postgres(ledger: Ledger, n: int, outage: float = 10.0) -> Outcome:
 
 
 def _under_http_load(
-    d: Deployment, out: Outcome, fractions: list[float], inject: Callable[[], None]
+    d: Deployment,
+    out: Outcome,
+    fractions: list[float],
+    inject: Callable[[], None],
+    accepted: set[int] | None = None,
 ) -> Outcome:
     t0 = time.monotonic()
     load = HttpLoad(d.url, out.messages)
@@ -575,6 +579,8 @@ def _under_http_load(
     drained = d.drain(300)
     out.seconds = time.monotonic() - t0
     out.notes = {**load_notes(res), "drained": drained}
+    if accepted is not None:
+        accepted.update(res.accepted)
     return account(out, set(res.accepted), d.ledger.deliveries(), d.dead_letters())
 
 
@@ -642,29 +648,64 @@ class Filler(threading.Thread):
         self.path.unlink()
 
 
-def probe(port: int, seconds: float) -> list[int]:
-    """POSTs one at a time for ``seconds``; the statuses (0 for a failed request)."""
-    statuses: list[int] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+class Prober:
+    """POSTs one at a time, numbered -1, -2, ... (apart from the load's numbers), keeping the
+    numbers answered 202 so they are accounted for like the load's."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sent = 0
+        self.accepted: set[int] = set()
+
+    def post(self) -> int:
+        """One request; its status (0 when the request failed)."""
+        self.sent += 1
+        n = -self.sent
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request("POST", f"/{QUEUE}", body=b'{"n": -1}')
+            conn.request("POST", f"/{QUEUE}", body=json.dumps({"n": n}).encode())
             response = conn.getresponse()
             response.read()
-            statuses.append(response.status)
         except (OSError, http.client.HTTPException):
-            statuses.append(0)
+            return 0
         finally:
             conn.close()
-        time.sleep(0.01)
-    return statuses
+        if response.status == 202:
+            self.accepted.add(n)
+        return response.status
+
+    def until(self, status: int, timeout: float) -> tuple[float | None, list[int]]:
+        """Probe until an answer is ``status``: seconds it took (None: never), statuses before."""
+        t0 = time.monotonic()
+        seen: list[int] = []
+        while time.monotonic() - t0 < timeout:
+            got = self.post()
+            if got == status:
+                return round(time.monotonic() - t0, 2), seen
+            seen.append(got)
+            time.sleep(0.01)
+        return None, seen
+
+    def during(self, seconds: float) -> list[int]:
+        deadline = time.monotonic() + seconds
+        statuses = []
+        while time.monotonic() < deadline:
+            statuses.append(self.post())
+            time.sleep(0.01)
+        return statuses
+
+
+def tally(statuses: list[int]) -> dict[str, int]:
+    return {str(s): statuses.count(s) for s in sorted(set(statuses))}
 
 
 def scenario_disk(ledger: Ledger, n: int, full_for: float = 5.0) -> Outcome:
-    """HTTP load on `sluice dev` whose data directory is a 128 MB tmpfs; at 30 % the file system
-    is filled and kept full for ``full_for`` seconds, then the space is freed."""
-    out = Outcome("disk", f"data directory full for {full_for:g} s", n)
+    """HTTP load on `sluice dev` whose data directory is a 128 MB tmpfs. At 30 % the file system
+    is filled and kept full: SQLite goes on committing into space its files already hold (WAL,
+    free pages) until it needs more; from the first 503 the gateway is probed for ``full_for``
+    seconds more (it must answer 503, never 202), then the space is freed and the gateway must
+    answer 202 again."""
+    out = Outcome("disk", f"data directory full (503 for {full_for:g} s)", n)
     with tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp:
         fs = Tmpfs(Path(tmp) / "data", size_mb=128)
         if (why := fs.mount()) is not None:
@@ -674,35 +715,32 @@ def scenario_disk(ledger: Ledger, n: int, full_for: float = 5.0) -> Outcome:
             with deployment(ledger, None, Path(tmp)) as d:
                 d.dev()
                 d.depth()  # open the client's broker while there is room
-                full: dict[str, Any] = {}
+                prober = Prober(d.port)
+                notes: dict[str, Any] = {}
 
                 def inject() -> None:
                     filler = Filler(fs.path / "filler")
                     filler.start()
-                    if not filler.full.wait(30):
-                        raise RuntimeError("the tmpfs did not fill up")
-                    full["while_full"] = probe(d.port, full_for)
-                    filler.release()
-                    full["after"] = _until_accepted(d.port, 30.0)
+                    try:
+                        if not filler.full.wait(30):
+                            raise RuntimeError("the tmpfs did not fill up")
+                        took, before = prober.until(503, 120.0)
+                        notes["seconds_full_to_first_503"] = took
+                        notes["full_before_first_503"] = tally(before)
+                        notes["full_after_first_503"] = tally(prober.during(full_for))
+                    finally:
+                        filler.release()
+                    took, before = prober.until(202, 60.0)
+                    notes["seconds_freed_to_first_202"] = took
+                    notes["freed_before_first_202"] = tally(before)
 
-                result = _under_http_load(d, out, [0.3], inject)
-                while_full = full.get("while_full", [])
-                result.notes |= {
-                    "while_full": {str(s): while_full.count(s) for s in sorted(set(while_full))},
-                    "seconds_to_first_202_after_freeing": full.get("after"),
-                }
-                # The probes' bodies carry n = -1: they are not part of the accounting.
-                return result
+                load_accepted: set[int] = set()
+                result = _under_http_load(d, out, [0.3], inject, load_accepted)
+                result.notes |= notes
+                accepted = load_accepted | prober.accepted
+                return account(result, accepted, ledger.deliveries(), d.dead_letters())
         finally:
             fs.unmount()
-
-
-def _until_accepted(port: int, timeout: float) -> float | None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if 202 in probe(port, 0.05):
-            return round(time.monotonic() - t0, 2)
-    return None
 
 
 SCENARIOS: dict[str, Callable[[Ledger, int], Outcome]] = {

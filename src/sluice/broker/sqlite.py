@@ -17,11 +17,13 @@ Expired messages are never delivered; they are deleted at most once a minute per
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sqlite3
+import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,11 +53,54 @@ from sluice.errors import QueueDoesNotExist, ReceiptHandleIsInvalid, ValidationE
 
 POLL_INTERVAL = 0.05
 SWEEP_INTERVAL_MS = 60_000
+CONFIG_CACHE_SIZE = 256  # parsed queue configurations kept by the writer (cleared when full)
 Row = tuple[Any, ...]
 
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+class _Ids:
+    """Random (version 4) UUIDs from a buffer refilled 256 ids at a time: reading the OS's
+    random source releases the GIL, and getting it back costs the event loop a thread switch
+    while the writer thread is busy."""
+
+    CHUNK = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._at = 0
+
+    def take(self, n: int) -> list[str]:
+        with self._lock:
+            if self._at + 32 * n > len(self._hex):
+                self._hex = os.urandom(16 * max(n, self.CHUNK)).hex()
+                self._at = 0
+            h, start = self._hex, self._at
+            self._at = end = start + 32 * n
+        return [
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+            f"{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+            for i in range(start, end, 32)
+        ]
+
+
+def _md5s(messages: Sequence[OutgoingMessage]) -> list[str]:
+    # A body that is not a string gets no checksum here; validation refuses it in the writer.
+    return [md5_of_body(m.body) if isinstance(m.body, str) else "" for m in messages]
+
+
+@dataclass(frozen=True, slots=True)
+class _StandardSend:
+    """One `send` call to a standard queue, prepared for the writer."""
+
+    queue: str
+    messages: Sequence[OutgoingMessage]
+    now: int
+    ids: list[str]
+    md5s: list[str]
 
 
 def _parse_receipt(handle: str) -> tuple[int, int]:
@@ -126,6 +171,8 @@ class SQLiteBroker:
         self._reader = Reader(lambda: sql.connect(self.path, extra))
         self._wakeups: dict[str, asyncio.Event] = {}
         self._next_sweep: dict[int, int] = {}  # queue id -> ms; touched by the writer thread only
+        self._configs: dict[str, tuple[str, QueueConfig]] = {}  # writer thread only, as above
+        self._ids = _Ids()
 
     def _open_writer(self, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
         conn = sql.connect(self.path, pragmas)
@@ -193,31 +240,71 @@ class SQLiteBroker:
 
     async def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         now = self._now()
+        if queue.endswith(".fifo"):
 
-        def op(conn: sqlite3.Connection) -> list[SendResult]:
-            qid, config = _find_queue(conn, queue)
-            validate_messages(config, messages)
-            if config.fifo:
+            def op(conn: sqlite3.Connection) -> list[SendResult]:
+                qid, config = _find_queue(conn, queue)
+                validate_messages(config, messages)
                 return self._send_fifo(conn, qid, config, messages, now)
-            default_visible = now + _ms(config.delay)
-            rows = []
-            results = []
-            for m in messages:
-                message_id = str(uuid.uuid4())
-                md5 = md5_of_body(m.body)
-                visible = default_visible if m.delay is None else now + _ms(m.delay)
-                attrs = orjson.dumps(dict(m.attributes)).decode() if m.attributes else None
-                rows.append((qid, visible, now, message_id, md5, m.body, attrs, None, None))
-                results.append(SendResult(message_id, md5))
-            conn.executemany(sql.INSERT_MESSAGE, rows)
-            return results
 
-        results = await self._writer.submit(op)
+            results = await self._writer.submit(op)
+        else:
+            # Ids and checksums are made here, on the caller's thread, so the writer thread
+            # (which every commit waits for) does only the queue lookup and the insert.
+            ids = self._ids.take(len(messages))
+            send = _StandardSend(queue, messages, now, ids, _md5s(messages))
+            results = await self._writer.submit_batched(("send", queue), self._send_standard, send)
         self._wake(queue)
         return results
 
-    @staticmethod
+    def _send_standard(
+        self, conn: sqlite3.Connection, sends: list[_StandardSend]
+    ) -> list[tuple[bool, Any]]:
+        """Pending sends to one standard queue: one lookup, each checked, one insert."""
+        qid, config = self._queue_for_send(conn, sends[0].queue)
+        default_delay = _ms(config.delay)
+        rows: list[Row] = []
+        outcomes: list[tuple[bool, Any]] = []
+        for send in sends:
+            now = send.now
+            try:  # nothing is written here, so a bad send fails alone
+                validate_messages(config, send.messages)
+                mine = [
+                    (
+                        qid,
+                        now + (default_delay if m.delay is None else _ms(m.delay)),
+                        now,
+                        message_id,
+                        md5,
+                        m.body,
+                        orjson.dumps(dict(m.attributes)).decode() if m.attributes else None,
+                        None,
+                        None,
+                    )
+                    for m, message_id, md5 in zip(send.messages, send.ids, send.md5s, strict=True)
+                ]
+            except Exception as error:
+                outcomes.append((False, error))
+                continue
+            rows += mine
+            outcomes.append((True, list(map(SendResult, send.ids, send.md5s))))
+        conn.executemany(sql.INSERT_MESSAGE, rows)
+        return outcomes
+
+    def _queue_for_send(self, conn: sqlite3.Connection, name: str) -> tuple[int, QueueConfig]:
+        """`_find_queue`, parsing a queue's configuration only when its text changed."""
+        row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise QueueDoesNotExist(f"queue {name!r} does not exist")
+        cached = self._configs.get(name)
+        if cached is None or cached[0] != row[1]:
+            if len(self._configs) >= CONFIG_CACHE_SIZE:
+                self._configs.clear()
+            cached = self._configs[name] = (row[1], QueueConfig.from_dict(orjson.loads(row[1])))
+        return row[0], cached[1]
+
     def _send_fifo(
+        self,
         conn: sqlite3.Connection,
         qid: int,
         config: QueueConfig,
@@ -237,7 +324,7 @@ class SQLiteBroker:
             if seen is not None:
                 results.append(SendResult(seen[0], md5, f"{seen[1]:020d}", duplicate=True))
                 continue
-            message_id = str(uuid.uuid4())
+            message_id = self._ids.take(1)[0]
             attrs = orjson.dumps(dict(m.attributes)).decode() if m.attributes else None
             row = (qid, visible, now, message_id, md5, m.body, attrs, m.group_id, dedup_id)
             seq = conn.execute(sql.INSERT_MESSAGE, row).lastrowid

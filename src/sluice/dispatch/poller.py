@@ -51,6 +51,9 @@ class Poller:
         self._target = config.max_concurrency
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        # Leases whose release failed (the limiter's backend was down): released again before the
+        # next acquire, so an outage does not hold their slots until the leases expire.
+        self._unreleased: list[str] = []
         self.in_flight = 0
         self.batches = 0
         self.failures = 0
@@ -89,6 +92,9 @@ class Poller:
                 await self._sleep(0.2)
                 continue
             try:
+                while self._unreleased:
+                    await self._limiter.release(cfg.lease_key, self._unreleased[-1])
+                    self._unreleased.pop()
                 token = await self._limiter.acquire(
                     cfg.lease_key, cfg.max_concurrency, cfg.lease_ttl
                 )
@@ -105,7 +111,11 @@ class Poller:
                             self.in_flight -= 1
                         self._record(ok)
                 finally:
-                    await self._limiter.release(cfg.lease_key, token)
+                    try:
+                        await self._limiter.release(cfg.lease_key, token)
+                    except Exception:
+                        self._unreleased.append(token)
+                        raise
                 error_backoff = 0.05
             except asyncio.CancelledError:
                 raise

@@ -1,0 +1,310 @@
+"""The gateway against its goals (issue 3), every row in one run on this machine:
+
+    .venv/bin/python benchmarks/gateway_bench.py [--duration 5] [--connections 64] \
+        [--hold-connections 10000] [--hold-duration 10]
+
+writes ``benchmarks/results/gateway.{json,md}``. Rows, each its own fresh server process and the
+same wrk settings (one wrk thread: wrk takes one core, the server the other):
+
+1. Sluice's HTTP server answering hello world (the chosen server's bare number, the baseline);
+2. a sync route to a no-op function (real runtime, execution environments);
+3. a queue route: POST with a JSON body, 202 once the message is committed and fsynced;
+4. FastAPI calling Celery ``.delay()`` on the local Redis, 202 (the peer);
+5. an async (Event invoke) route: POST, 202 once the invocation is committed.
+
+Goals: (3) >= 50 % of (1) and >= 10x (4); (2) >= 33 % of (1). Then the queue route is held at
+``--hold-connections`` concurrent keep-alive connections: errors and the gateway process's peak
+RSS (sampled every 50 ms while wrk runs) are recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from exec_counter import DEFAULT_REDIS_URL
+from gateway_app import QUEUE
+from harness import (
+    BENCH_DIR,
+    LOG_DIR,
+    ManagedProcess,
+    ProcessFailed,
+    Report,
+    Result,
+    WrkOptions,
+    WrkResult,
+    bench_env,
+    console,
+    flush_redis_db,
+    free_port,
+    parse_wrk,
+    tree_memory,
+)
+from peers import celery_app
+from peers.http_servers import server_argv
+
+GROUP = "gateway paths, one server process"
+HOLD_GROUP = "many concurrent connections, queue route"
+BODY = b'{"account": "acc-1042", "amount": 1250, "currency": "EUR", "memo": "invoice 77"}'
+GOALS = {"queue_vs_hello": 0.5, "queue_vs_celery": 10.0, "sync_vs_hello": 1 / 3}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    server: str  # "hello", "gateway" or "fastapi-celery"
+    path: str
+    post: bool = False
+
+
+ROWS = (
+    Row("(1) Sluice HttpServer, bare hello world", "hello", "/"),
+    Row("(2) sync route -> no-op function", "gateway", "/noop"),
+    Row("(3) queue route, durable 202 (POST JSON)", "gateway", "/enqueue", post=True),
+    Row("(4) FastAPI + Celery .delay() on Redis, 202", "fastapi-celery", "/enqueue"),
+    Row("(5) async route (Event invoke), durable 202 (POST JSON)", "gateway", "/jobs", post=True),
+)
+
+
+def raise_nofile() -> int:
+    """Children inherit the limit: wrk and the gateway each hold one descriptor per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def post_script(directory: Path) -> Path:
+    """A wrk Lua script that turns every request into a POST of ``BODY``."""
+    path = directory / "post.lua"
+    body = BODY.decode().replace("\\", "\\\\").replace('"', '\\"')
+    path.write_text(
+        f'wrk.method = "POST"\nwrk.body = "{body}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return path
+
+
+def run_wrk(url: str, options: WrkOptions, script: Path | None) -> WrkResult:
+    argv = [
+        "wrk",
+        f"-t{options.threads}",
+        f"-c{options.connections}",
+        f"-d{options.duration}s",
+        f"--timeout={options.timeout:g}s",
+        "--latency",
+        *(["-s", str(script)] if script is not None else []),
+        url,
+    ]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=options.duration + options.timeout + 60
+    )
+    if done.returncode != 0:
+        raise ProcessFailed(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+def queued(data_dir: Path, queue: str) -> int:
+    """Messages stored in the gateway's SQLite broker for ``queue`` (read beside the writer)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "broker.db", timeout=10)) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM messages JOIN queues ON queues.id = messages.qid"
+            " WHERE queues.name = ?",
+            (queue,),
+        ).fetchone()
+    return int(row[0])
+
+
+class RssSampler:
+    """Peak RSS of one process, sampled on a thread while a load runs."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[RssSampler]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+class Servers:
+    """The command line of each server kind, on a fresh port and (for Sluice) data directory."""
+
+    def __init__(self, workdir: Path, redis_url: str) -> None:
+        self.workdir = workdir
+        self.redis_url = redis_url
+        self.sluice = str(Path(sys.executable).parent / "sluice")
+        self._count = 0
+
+    def start_args(self, kind: str) -> tuple[ManagedProcess, int, Path | None]:
+        port = free_port()
+        self._count += 1
+        data_dir = None
+        if kind == "hello":
+            argv = [sys.executable, str(BENCH_DIR / "gateway_app.py"), "hello", f"--port={port}"]
+        elif kind == "gateway":
+            data_dir = self.workdir / f"data{self._count}"
+            app = str(BENCH_DIR / "gateway_app.py")
+            argv = [self.sluice, f"--data-dir={data_dir}", "gateway", app, f"--port={port}"]
+        else:
+            argv = server_argv(kind, port)
+        env = bench_env(self.redis_url)
+        return ManagedProcess(f"gateway-bench {kind}", argv, port=port, env=env), port, data_dir
+
+
+def measure_row(
+    row: Row, servers: Servers, options: WrkOptions, script: Path, redis_url: str
+) -> Result:
+    server, port, data_dir = servers.start_args(row.server)
+    url = f"http://127.0.0.1:{port}{row.path}"
+    script_for_row = script if row.post else None
+    extra: dict[str, float | int | str] = {}
+    with server:
+        warm = WrkOptions(1, options.connections, options.threads, options.timeout)
+        run_wrk(url, warm, script_for_row)
+        if row.server == "fastapi-celery":
+            flush_redis_db(redis_url)
+        before = queued(data_dir, QUEUE) if row.path == "/enqueue" and data_dir else 0
+        result = run_wrk(url, options, script_for_row)
+        server.check_alive()
+        if result.requests <= result.errors:
+            raise ProcessFailed(f"{row.name}: no successful request:\n{server.log_tail()}")
+        accepted = result.requests - result.errors
+        if row.server == "fastapi-celery":
+            extra["queued"] = celery_app.queue_depth(redis_url)
+        elif row.path == "/enqueue" and data_dir is not None:
+            # Every 202 was committed before it was sent: all of them must be in the queue.
+            stored = queued(data_dir, QUEUE) - before
+            extra["stored"] = stored
+            if stored < accepted:
+                raise ProcessFailed(f"{row.name}: {accepted} accepted but {stored} stored")
+        server_rss = psutil.Process(server.pid).memory_info().rss / 2**20
+        memory = tree_memory(server.pid)
+    if row.server == "fastapi-celery":
+        flush_redis_db(redis_url)
+    return Result(
+        GROUP,
+        row.name,
+        "req/s",
+        result.requests_per_s,
+        baseline=row.server == "hello",
+        extra={
+            "p50 ms": round(result.p50_ms, 3),
+            "p99 ms": round(result.p99_ms, 3),
+            "requests": result.requests,
+            "errors": result.errors,
+            **extra,
+            "server rss MB": round(server_rss, 1),
+            "tree rss MB": round(memory.rss_mb, 1),
+        },
+        settings={**options.settings(), "body": "JSON, POST" if row.post else "GET"},
+    )
+
+
+def hold_connections(servers: Servers, options: WrkOptions, script: Path) -> Result:
+    server, port, data_dir = servers.start_args("gateway")
+    url = f"http://127.0.0.1:{port}/enqueue"
+    with server:
+        process = psutil.Process(server.pid)
+        idle_rss = process.memory_info().rss
+        with RssSampler(server.pid).running() as sampler:
+            result = run_wrk(url, options, script)
+        server.check_alive()
+        stored = queued(data_dir, QUEUE) if data_dir is not None else 0
+    return Result(
+        HOLD_GROUP,
+        f"queue route, {options.connections} keep-alive connections",
+        "req/s",
+        result.requests_per_s,
+        extra={
+            "requests": result.requests,
+            "errors": result.errors,
+            "stored": stored,
+            "p50 ms": round(result.p50_ms, 3),
+            "p99 ms": round(result.p99_ms, 3),
+            "gateway idle rss MB": round(idle_rss / 2**20, 1),
+            "gateway peak rss MB": round(sampler.peak / 2**20, 1),
+        },
+        settings=options.settings(),
+    )
+
+
+def verdicts(report: Report) -> list[str]:
+    by_name = {r.name[:3]: r.value for r in report.results if r.group == GROUP}
+    hello, sync, queue, celery = by_name["(1)"], by_name["(2)"], by_name["(3)"], by_name["(4)"]
+    checks = [
+        ("(3)/(1)", queue / hello, GOALS["queue_vs_hello"]),
+        ("(3)/(4)", queue / celery, GOALS["queue_vs_celery"]),
+        ("(2)/(1)", sync / hello, GOALS["sync_vs_hello"]),
+    ]
+    return [
+        f"{label} = {value:.2f} (goal >= {goal:.2f}): {'met' if value >= goal else 'NOT met'}"
+        for label, value, goal in checks
+    ]
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description="Measure the gateway's paths on this machine.")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hold-connections", type=int, default=10_000)
+    parser.add_argument("--hold-threads", type=int, default=2)
+    parser.add_argument("--hold-duration", type=int, default=10)
+    parser.add_argument("--name", default="gateway", help="results/<name>.{json,md}")
+    args = parser.parse_args(argv)
+    nofile = raise_nofile()
+    report = Report(args.name)
+    options = WrkOptions(args.duration, args.connections, args.threads)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=LOG_DIR, prefix="gateway-bench-") as tmp:
+        workdir = Path(tmp)
+        script = post_script(workdir)
+        servers = Servers(workdir, args.redis_url)
+        for row in ROWS:
+            console().log(f"gateway bench: {row.name}")
+            report.add(measure_row(row, servers, options, script, args.redis_url))
+        if args.hold_connections:
+            console().log(f"gateway bench: {args.hold_connections} connections")
+            hold = WrkOptions(args.hold_duration, args.hold_connections, args.hold_threads, 10.0)
+            report.add(hold_connections(servers, hold, script))
+    report.notes += verdicts(report)
+    report.notes.append(
+        "Every row is a fresh server process warmed by a 1 s wrk run; the Sluice gateway is "
+        "`sluice gateway benchmarks/gateway_app.py` (gateway + runtime, SQLite broker with "
+        f"group commit, WAL, synchronous=FULL); RLIMIT_NOFILE {nofile}; measured at "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+    )
+    json_path, md_path = report.write()
+    console().log(f"wrote {json_path} and {md_path}")
+    print(report.markdown())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

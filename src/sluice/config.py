@@ -39,7 +39,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         wanted = int if key in ("port", "max_environments") else str
         if not isinstance(value, wanted) or isinstance(value, bool):
-            raise ValidationError(f"{path}: {key} must be a {wanted.__name__}, got {value!r}")
+            kind = "an integer" if wanted is int else "a string"
+            raise ValidationError(f"{path}: {key} must be {kind}, got {value!r}")
     values = {FILE_KEYS[k]: v for k, v in data.items()}
     if "data_dir" in values:
         values["data_dir"] = path.parent / str(values["data_dir"])

@@ -4,6 +4,8 @@ a new one without a restart, losing no message across the switch."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import os
 import secrets
 import subprocess
 import time
@@ -14,7 +16,7 @@ import pytest
 
 from sluice.broker.contract import OutgoingMessage
 from sluice.broker.redis import RedisBroker
-from tests.scaleout.procs import SLUICE, Sluice, wait_for, write_app
+from tests.scaleout.procs import SLUICE, Sluice, free_port, wait_for, wait_port, write_app
 from tests.servers import require_postgres, require_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -57,6 +59,7 @@ def test_worker_picks_up_a_new_version_without_restart(tmp_path: Path) -> None:
     name, queue = f"deploy{secrets.token_hex(3)}", f"work-{secrets.token_hex(3)}"
     out = tmp_path / "out.txt"
     env = {
+        **os.environ,
         "SLUICE_BROKER": redis_url,
         "SLUICE_STATE": f"{postgres}?schema={schema}",
         "SLUICE_DATA_DIR": str(tmp_path / "data"),
@@ -67,14 +70,11 @@ def test_worker_picks_up_a_new_version_without_restart(tmp_path: Path) -> None:
     def deploy(tag: str) -> str:
         app = write_app(src, SOURCE.format(name=name, queue=queue, tag=tag))
         done = subprocess.run(
-            [*SLUICE, "deploy", str(app)], env={**env}, capture_output=True, text=True, check=False
+            [*SLUICE, "deploy", str(app)], env=env, capture_output=True, text=True, check=False
         )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    import os
-
-    env = {**os.environ, **env}
     worker: Sluice | None = None
     try:
         assert f"deployed {name} version 1" in deploy("v1")
@@ -104,3 +104,47 @@ def test_worker_picks_up_a_new_version_without_restart(tmp_path: Path) -> None:
             worker.stop()
         with psycopg.connect(postgres, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+ROUTED = """
+import sluice
+
+app = sluice.App("{name}")
+
+
+@app.route("GET /version")
+def version(event, context):
+    return {{"statusCode": 200, "body": "{tag}"}}
+"""
+
+
+def test_gateway_serves_the_new_version_of_a_route_on_the_same_port(tmp_path: Path) -> None:
+    """Embedded SQLite state and broker: the follower needs no servers."""
+    port = free_port()
+    env = {**os.environ, "SLUICE_DATA_DIR": str(tmp_path / "data")}
+    src = tmp_path / "src"
+
+    def deploy(tag: str) -> None:
+        app = write_app(src, ROUTED.format(name="routed", tag=tag))
+        done = subprocess.run([*SLUICE, "deploy", str(app)], env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr
+
+    def get() -> bytes:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/version")
+            return conn.getresponse().read()
+        finally:
+            conn.close()
+
+    deploy("one")
+    args = ["gateway", "--app-name", "routed", "--port", str(port), "--poll-interval", "0.3"]
+    gateway = Sluice(args, env, tmp_path / "gw.log", tmp_path)
+    try:
+        wait_port(port, gateway)
+        assert get() == b"one"
+        deploy("two")
+        wait_for(lambda: get() == b"two", "the gateway serves version 2", 30, gateway)
+        assert gateway.alive
+    finally:
+        gateway.stop()

@@ -22,6 +22,7 @@ from sluice.gateway.wire import JSON, Request, Response, error_response, json_re
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([A-Za-z0-9_.:-]+)/invocations$")
 STATUS_PATH = "/_sluice/status"
 MAPPING_PATH = re.compile(r"^/_sluice/mappings/([^/]+)/(enable|disable)$")
+CONTROL_PREFIXES = ("/2015-03-31/functions/", "/_sluice/")
 LOG_TAIL = 4096  # Lambda returns the last 4 KB of the log with LogType=Tail
 
 ControlHandler = Callable[[Request], Awaitable[Response | None]]
@@ -49,6 +50,8 @@ class Control:
 
     async def __call__(self, request: Request) -> Response | None:
         """A response for a control request, or None when the request is not one."""
+        if not request.path.startswith(CONTROL_PREFIXES):
+            return None  # every route's request passes here: the common case costs one check
         post = request.method == "POST"
         match = INVOKE_PATH.match(request.path) if post else None
         toggle = MAPPING_PATH.match(request.path) if post else None

@@ -46,6 +46,14 @@ def _length(body: bytes) -> bytes:
     return b"content-length: %d\r\n" % len(body)
 
 
+def _status_line(status: int, reason: str | None) -> bytes:
+    return f"HTTP/1.1 {status} {reason or _REASONS.get(status, 'Unknown')}\r\n".encode()
+
+
+# Status lines with the standard reason phrase, built once.
+_STATUS_LINES = {status: _status_line(status, None) for status in _REASONS}
+
+
 class _Reject(Exception):
     """Raised inside parser callbacks to stop parsing; the error is kept on the connection."""
 
@@ -61,6 +69,7 @@ class ServerState:
         self.draining = False
         self._date_second = -1
         self._date = b""
+        self.request_id_prefix = f"{config.request_id_header}: ".encode()
         # Request ids are UUID-shaped: a random per-server prefix and a counter (cheaper than
         # uuid4 per request, and as unique).
         r = os.urandom(10).hex()
@@ -323,15 +332,18 @@ class Connection(asyncio.Protocol):
     ) -> list[bytes]:
         """Status line and headers; ``framing`` is the content-length/chunked header line."""
         status = response.status
-        reason = response.reason or _REASONS.get(status, "Unknown")
-        parts = [f"HTTP/1.1 {status} {reason}\r\n".encode(), self.state.date_header()]
+        if response.reason is None:
+            line = _STATUS_LINES.get(status) or _status_line(status, None)
+        else:
+            line = _status_line(status, response.reason)
+        parts = [line, self.state.date_header()]
         for k, v in response.headers:
             if b"\n" in k or b"\r" in k or b"\n" in v or b"\r" in v or b":" in k:
                 raise ValueError(f"response header {k!r} is malformed")
             parts.append(b"%s: %s\r\n" % (k, v))
         # Even an answer to unparseable bytes carries a request id, for the access log and support.
         rid = request.request_id if request is not None else self.state.request_id()
-        parts.append(f"{self.state.config.request_id_header}: {rid}\r\n".encode())
+        parts.append(b"%s%s\r\n" % (self.state.request_id_prefix, rid.encode()))
         if status not in _NO_BODY_STATUS:
             parts.append(framing)
         parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")

@@ -72,18 +72,22 @@ class OutputCapture:
         # happened, whatever the template's streams were (even None).
         sys.stdout = _text_stream(1)
         sys.stderr = _text_stream(2)
+        self._written = 0  # where the last finish() found the end of the output
 
     def reset(self) -> None:
-        """Forget the previous invocation's output (cheap when there was none)."""
-        if os.lseek(1, 0, os.SEEK_CUR):
+        """Forget the previous invocation's output: no system call when it wrote nothing.
+        Output written between invocations (a background thread) is kept for the next one."""
+        if self._written:
             os.ftruncate(1, 0)
             os.lseek(1, 0, os.SEEK_SET)
+            self._written = 0
 
     def finish(self) -> int:
         """Flush and return how many bytes this invocation wrote."""
         sys.stdout.flush()
         sys.stderr.flush()
-        return os.lseek(1, 0, os.SEEK_CUR)
+        self._written = os.lseek(1, 0, os.SEEK_CUR)
+        return self._written
 
     def write(self, text: str) -> None:
         sys.stderr.write(text)

@@ -20,7 +20,7 @@ import orjson
 
 from sluice.runtime import faults, wire
 from sluice.runtime.capture import OutputCapture, RequestIdFilter
-from sluice.runtime.context import LambdaContext, function_arn
+from sluice.runtime.context import ContextFactory, function_arn
 
 _DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
 
@@ -78,21 +78,25 @@ class Environment:
         stamp: RequestIdFilter,
     ) -> None:
         self._sock = sock
-        self._reader = sock.makefile("rb")
+        self._reader = wire.SocketReader(sock)
         self._config = config
         self._handler = handler
         self._capture = capture
         self._stamp = stamp
         self._loop: asyncio.AbstractEventLoop | None = None  # made on the first async handler
-        self._arn = function_arn(config.function)
-        self._memory = str(config.memory)
+        self._contexts = ContextFactory(
+            function_name=config.function,
+            memory_limit_in_mb=str(config.memory),
+            log_stream_name=config.log_stream,
+            invoked_function_arn=function_arn(config.function),
+        )
 
     def serve(self) -> None:
         """Answer invocations until the supervisor closes the socket."""
         init_ms: float | None = None
         if not self._config.provisioned:
             init_ms = (time.monotonic() - self._config.requested_at) * 1000.0
-        while (frame := wire.read(self._reader)) is not None:
+        while (frame := self._reader.read()) is not None:
             header, body = self._invoke(*frame)
             if init_ms is not None:
                 header["init"] = init_ms
@@ -105,15 +109,8 @@ class Environment:
             event = orjson.loads(payload) if payload else {}
         except orjson.JSONDecodeError as exc:
             return {"status": "invalid", "message": f"Could not parse request body: {exc}"}, b""
-        context = LambdaContext(
-            function_name=self._config.function,
-            memory_limit_in_mb=self._memory,
-            log_stream_name=self._config.log_stream,
-            aws_request_id=request_id,
-            deadline=request["deadline"],
-            invoked_function_arn=self._arn,
-            client_context=request.get("client_context"),
-            identity=request.get("identity"),
+        context = self._contexts.new(
+            request_id, request["deadline"], request.get("client_context"), request.get("identity")
         )
         self._capture.reset()
         self._stamp.request_id = request_id

@@ -26,14 +26,22 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._frames = wire.FrameBuffer()
-        self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
+        self.waiter: asyncio.Future[wire.Frame] | None = None
         self.closed = False
 
     def data_received(self, data: bytes) -> None:
+        # The usual answer arrives whole in one read: parse it in place, no buffering.
+        frame = None if self._frames else wire.whole(data)
+        if frame is not None:
+            self._answer(frame)
+            return
         for frame in self._frames.feed(data):
-            waiter = self.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(frame)
+            self._answer(frame)
+
+    def _answer(self, frame: wire.Frame) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -57,7 +65,8 @@ class EnvironmentHandle:
         self.deadline = float("inf")
         self.kill_reason: str | None = None  # "timeout" | "oom" | "closed"
         self.peak_rss = 0
-        self.exit_status: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.exit_status: asyncio.Future[int | None] = self._loop.create_future()
         self._limit = config.memory << 20
         self._statm: int | None = None
         self._transport: asyncio.Transport | None = None
@@ -66,8 +75,7 @@ class EnvironmentHandle:
 
     async def connect(self, sock: socket.socket) -> None:
         self._sock = sock  # uvloop transports work on a dup: this one must be closed too
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_unix_connection(lambda: self._protocol, sock=sock)
+        transport, _ = await self._loop.create_unix_connection(lambda: self._protocol, sock=sock)
         self._transport = transport
 
     def forked(self, pid: int) -> None:
@@ -81,17 +89,18 @@ class EnvironmentHandle:
     def alive(self) -> bool:
         return not self._protocol.closed and not self.exit_status.done()
 
-    async def call(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+    async def call(self, header: dict[str, Any], payload: bytes) -> wire.Frame:
         """Send one invocation and wait for its answer; EnvironmentLost if the process ends."""
         if self._protocol.closed or self._transport is None:
             raise EnvironmentLost()
-        waiter = asyncio.get_running_loop().create_future()
-        self._protocol.waiter = waiter
+        waiter = self._loop.create_future()
+        protocol = self._protocol
+        protocol.waiter = waiter
         self._transport.write(wire.encode(header, payload))
         try:
             return await waiter
         finally:
-            self._protocol.waiter = None
+            protocol.waiter = None
 
     # -- limits ---------------------------------------------------------------------------
 

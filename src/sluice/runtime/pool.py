@@ -11,10 +11,9 @@ import math
 import os
 import socket
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
@@ -23,15 +22,15 @@ from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailab
 from sluice.limits.contract import Limiter
 from sluice.limits.local import LocalLimiter
 from sluice.runtime import faults, reports
-from sluice.runtime.context import new_log_stream_name
+from sluice.runtime.context import RequestIds, new_log_stream_name
 from sluice.runtime.contract import InvocationResult
 from sluice.runtime.environment import EnvironmentConfig
 from sluice.runtime.handle import EnvironmentHandle, EnvironmentLost
+from sluice.runtime.logfiles import LogFiles
 from sluice.runtime.zygote import TemplateLost, TemplateProcess
 
 log = logging.getLogger("sluice.runtime")
 
-LOG_TAIL = 64 * 1024  # characters of log text kept in InvocationResult.logs
 LEASE_GRACE = 10.0  # a reserved-concurrency lease outlives the function timeout by this much
 EXIT_NOTICE_WAIT = 2.0  # how long to wait for the template to report how an environment ended
 MB = 1 << 20
@@ -81,7 +80,8 @@ class Runtime:
         self._app_ref = app_ref
         self._specs = dict(functions)
         self._limiter: Limiter = limiter if limiter is not None else LocalLimiter()
-        self._log_dir = log_dir
+        self._logs = LogFiles(log_dir) if log_dir is not None else None
+        self._request_ids = RequestIds()
         self._max_environments = max_environments
         self._poll_interval = poll_interval
         self._pools = {name: _FunctionPool(spec) for name, spec in self._specs.items()}
@@ -91,7 +91,6 @@ class Runtime:
         self._template_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self._log_files: dict[str, TextIO] = {}
         self._started = False
         self._closed = False
 
@@ -118,9 +117,8 @@ class Runtime:
         if self._template is not None:
             await self._template.close()
             self._template = None
-        for file in self._log_files.values():
-            file.close()
-        self._log_files.clear()
+        if self._logs is not None:
+            self._logs.close()
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {
@@ -151,42 +149,37 @@ class Runtime:
             raise FunctionNotFound(f"function {function!r} does not exist")
         if not self._started or self._closed:
             raise Unavailable("the runtime is not running")
+        request: dict[str, Any] = {"id": request_id or self._request_ids.next()}
+        if client_context:
+            request["client_context"] = dict(client_context)
+        if identity:
+            request["identity"] = dict(identity)
+        if pool.spec.reserved_concurrency is None:  # the common case: no lease to take
+            return await self._run(pool, request, payload)
         spec = pool.spec
-        request_id = request_id or str(uuid.uuid4())
-        key, lease = f"reserved:{function}", None
-        if spec.reserved_concurrency is not None:
-            lease = await self._limiter.acquire(
-                key, spec.reserved_concurrency, spec.timeout + LEASE_GRACE
+        key = f"reserved:{function}"
+        lease = await self._limiter.acquire(
+            key, spec.reserved_concurrency, spec.timeout + LEASE_GRACE
+        )
+        if lease is None:
+            raise Throttled(
+                f"Rate Exceeded: function {function!r} is at its reserved concurrency "
+                f"({spec.reserved_concurrency})"
             )
-            if lease is None:
-                raise Throttled(
-                    f"Rate Exceeded: function {function!r} is at its reserved concurrency "
-                    f"({spec.reserved_concurrency})"
-                )
         try:
-            env = pool.take_idle()
-            if env is None:
-                try:
-                    env = await self._spawn(pool, provisioned=False)
-                except _HandlerMissing:
-                    return self._handler_missing(spec, request_id)
-            request: dict[str, Any] = {"id": request_id}
-            if client_context:
-                request["client_context"] = dict(client_context)
-            if identity:
-                request["identity"] = dict(identity)
-            return await self._run(pool, env, request, payload)
+            return await self._run(pool, request, payload)
         finally:
-            if lease is not None:
-                await self._limiter.release(key, lease)
+            await self._limiter.release(key, lease)
 
     async def _run(
-        self,
-        pool: _FunctionPool,
-        env: EnvironmentHandle,
-        request: dict[str, Any],
-        payload: bytes,
+        self, pool: _FunctionPool, request: dict[str, Any], payload: bytes
     ) -> InvocationResult:
+        env = pool.take_idle()
+        if env is None:
+            try:
+                env = await self._spawn(pool, provisioned=False)
+            except _HandlerMissing:
+                return self._handler_missing(pool.spec, request["id"])
         started = time.monotonic()
         env.deadline = request["deadline"] = started + pool.spec.timeout
         env.busy = True
@@ -225,27 +218,25 @@ class Runtime:
         duration = float(response["ms"])
         used = math.ceil(int(response["rss_kb"]) / 1024)
         billed = reports.billed_ms(duration, init_ms)
+        # The output must be read now (the environment reuses the memfd); the text is only
+        # formatted if someone reads `logs` or a log file is kept.
         output = env.read_output(response["log"]) if response["log"] else b""
-        logs = "".join(
-            (
-                reports.start_line(request_id),
-                output.decode("utf-8", "replace"),
-                reports.end_line(request_id),
-                reports.report_line(request_id, duration, billed, spec.memory, used, init_ms),
-            )
+        logs = reports.InvocationLog(
+            request_id, output, duration, billed, spec.memory, used, init_ms
         )
         self._release(pool, env)
-        self._write_log(spec.name, logs)
+        if self._logs is not None:
+            self._logs.add(spec.name, logs)
         return InvocationResult(
-            request_id=request_id,
-            payload=body,
-            function_error="Unhandled" if response["status"] == "error" else None,
-            logs=logs[-LOG_TAIL:],
-            duration_ms=duration,
-            billed_duration_ms=billed,
-            max_memory_mb=used,
-            init_duration_ms=init_ms,
-            cold=cold,
+            request_id,
+            body,
+            "Unhandled" if response["status"] == "error" else None,
+            logs,
+            duration,
+            billed,
+            used,
+            init_ms,
+            cold,
         )
 
     async def _stopped(
@@ -276,20 +267,14 @@ class Runtime:
             pool.cold_starts += 1
         pool.discard(env)
         billed = reports.billed_ms(duration, None)
-        logs = "".join(
-            (
-                reports.start_line(request_id),
-                output,
-                reports.end_line(request_id),
-                reports.report_line(request_id, duration, billed, spec.memory, used, None),
-            )
-        )
-        self._write_log(spec.name, logs)
+        logs = reports.InvocationLog(request_id, output, duration, billed, spec.memory, used, None)
+        if self._logs is not None:
+            self._logs.add(spec.name, logs)
         return InvocationResult(
             request_id=request_id,
             payload=orjson.dumps(error),
             function_error="Unhandled",
-            logs=logs[-LOG_TAIL:],
+            logs=logs,
             duration_ms=duration,
             billed_duration_ms=billed,
             max_memory_mb=used,
@@ -305,7 +290,8 @@ class Runtime:
         }
         logs = reports.start_line(request_id) + faults.log_line(error)
         logs += reports.end_line(request_id)
-        self._write_log(spec.name, logs)
+        if self._logs is not None:
+            self._logs.add(spec.name, logs)
         return InvocationResult(request_id, orjson.dumps(error), "Unhandled", logs)
 
     def _release(self, pool: _FunctionPool, env: EnvironmentHandle) -> None:
@@ -412,17 +398,3 @@ class Runtime:
                 await self._top_up_provisioned()
             except Exception:
                 log.exception("could not restart provisioned environments")
-
-    # -- logs -----------------------------------------------------------------------------
-
-    def _write_log(self, function: str, text: str) -> None:
-        if self._log_dir is None:
-            return
-        file = self._log_files.get(function)
-        if file is None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            file = self._log_files[function] = open(  # noqa: SIM115 - kept open, closed in close()
-                self._log_dir / f"{function}.log", "a", encoding="utf-8"
-            )
-        file.write(text)
-        file.flush()

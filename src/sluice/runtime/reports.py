@@ -49,3 +49,44 @@ def timed_out_line(request_id: str, timeout: float) -> str:
 
 def runtime_error_lines(error_message: str, error_type: str) -> str:
     return f"{error_message}\n{error_type}\n"
+
+
+class InvocationLog:
+    """One invocation's log, kept as its parts: the text (START, output, END, REPORT) is only
+    formatted when someone reads it, or when it is written to a log file."""
+
+    __slots__ = ("billed", "duration_ms", "init_ms", "memory_mb", "output", "request_id", "used_mb")
+
+    def __init__(
+        self,
+        request_id: str,
+        output: bytes | str,
+        duration_ms: float,
+        billed: int,
+        memory_mb: int,
+        used_mb: int,
+        init_ms: float | None,
+    ) -> None:
+        self.request_id = request_id
+        self.output = output  # what the invocation wrote (bytes as captured, or decoded text)
+        self.duration_ms = duration_ms
+        self.billed = billed
+        self.memory_mb = memory_mb
+        self.used_mb = used_mb
+        self.init_ms = init_ms
+
+    def text(self) -> str:
+        output = self.output
+        if isinstance(output, bytes):
+            output = output.decode("utf-8", "replace")
+        rid = self.request_id
+        return "".join(
+            (
+                start_line(rid),
+                output,
+                end_line(rid),
+                report_line(
+                    rid, self.duration_ms, self.billed, self.memory_mb, self.used_mb, self.init_ms
+                ),
+            )
+        )

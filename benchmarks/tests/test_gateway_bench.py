@@ -1,0 +1,45 @@
+"""The gateway benchmark's pieces, end to end at a size that takes seconds: a real gateway
+process, real wrk (POST via the Lua script), and the durability check against the broker file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from gateway_bench import ROWS, Servers, measure_row, post_script, queued, raise_nofile, verdicts
+from harness import Report, Result, WrkOptions
+
+
+@pytest.fixture
+def wrk() -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+
+
+def test_post_script_is_valid_lua_with_the_json_body(tmp_path: Path) -> None:
+    text = post_script(tmp_path).read_text()
+    assert 'wrk.method = "POST"' in text
+    assert '\\"amount\\": 1250' in text  # quotes escaped inside the Lua string
+
+
+def test_queue_row_measures_and_every_202_is_stored(tmp_path: Path, wrk: None) -> None:
+    raise_nofile()
+    row = next(r for r in ROWS if r.path == "/enqueue" and r.server == "gateway")
+    servers = Servers(tmp_path, "redis://127.0.0.1:6379/13")
+    result = measure_row(row, servers, WrkOptions(1, 8), post_script(tmp_path), servers.redis_url)
+    assert result.value > 0 and result.extra["errors"] == 0
+    assert int(result.extra["stored"]) >= int(result.extra["requests"])
+    data_dir = next(tmp_path.glob("data*"))
+    assert queued(data_dir, "bench") >= int(result.extra["requests"])
+
+
+def test_verdicts_compare_against_the_goals() -> None:
+    report = Report("t", results_dir=Path("/nonexistent"))
+    for name, value in [("(1) a", 100.0), ("(2) b", 40.0), ("(3) c", 30.0), ("(4) d", 2.0)]:
+        report.add(Result("gateway paths, one server process", name, "req/s", value))
+    assert verdicts(report) == [
+        "(3)/(1) = 0.30 (goal >= 0.50): NOT met",
+        "(3)/(4) = 15.00 (goal >= 10.00): met",
+        "(2)/(1) = 0.40 (goal >= 0.33): met",
+    ]

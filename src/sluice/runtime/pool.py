@@ -120,6 +120,18 @@ class Runtime:
         if self._logs is not None:
             self._logs.close()
 
+    def stop_idle(self, function: str | None = None) -> int:
+        """Stop the idle environments (of one function, or all) that are not provisioned, so
+        the next invocations start cold. Returns how many were stopped."""
+        stopped = 0
+        for name, pool in self._pools.items():
+            if function is not None and name != function:
+                continue
+            for env in [e for e in pool.idle if not e.provisioned]:
+                pool.discard(env)
+                stopped += 1
+        return stopped
+
     def status(self) -> dict[str, dict[str, Any]]:
         return {
             name: {

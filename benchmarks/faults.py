@@ -378,16 +378,14 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment(
-    ledger: Ledger, broker_url: str | None = None, work: Path | None = None
-) -> Iterator[Deployment]:
+def deployment(ledger: Ledger, work: Path, broker_url: str | None = None) -> Iterator[Deployment]:
+    """A fresh ledger and a deployment whose roles are all stopped on the way out."""
     ledger.setup()
-    with tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp:
-        d = Deployment(work or Path(tmp), ledger, broker_url)
-        try:
-            yield d
-        finally:
-            d.close()
+    d = Deployment(work, ledger, broker_url)
+    try:
+        yield d
+    finally:
+        d.close()
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -449,14 +447,15 @@ def at_fractions(count: int, first: float, last: float) -> list[float]:
 
 
 def scenario_workers(ledger: Ledger, n: int, kills: int = 50) -> Outcome:
-    """Client sends paced over about a minute; every 1.2 s one of two workers is SIGKILLed (once
-    it has run for a second) and restarted at once."""
+    """Two `sluice worker` processes on a dedicated Redis; the messages are sent with the Client,
+    paced over about a minute; every 1.2 s one of the workers is SIGKILLed (once it has run for
+    a second) and restarted at once."""
     out = Outcome("workers", f"SIGKILL a worker {kills} times", n)
     with tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp:
         redis = Redis(Path(tmp))
         redis.start()
         try:
-            with deployment(ledger, redis.url, Path(tmp)) as d:
+            with deployment(ledger, Path(tmp), redis.url) as d:
                 workers = [d.worker(0), d.worker(1)]
                 accepted: set[int] = set()
                 sender = threading.Thread(target=_paced_send, args=(redis.url, n, 60.0, accepted))
@@ -500,7 +499,7 @@ def scenario_gateway(ledger: Ledger, n: int, kills: int = 10) -> Outcome:
         redis = Redis(Path(tmp))
         redis.start()
         try:
-            with deployment(ledger, redis.url, Path(tmp)) as d:
+            with deployment(ledger, Path(tmp), redis.url) as d:
                 gateway = d.gateway()
                 d.worker(0), d.worker(1)
                 return _under_http_load(d, out, at_fractions(kills, 0.05, 0.6), _restart(gateway))
@@ -531,7 +530,7 @@ def scenario_redis(ledger: Ledger, n: int, restarts: int = 3) -> Outcome:
             redis.start()
 
         try:
-            with deployment(ledger, redis.url, Path(tmp)) as d:
+            with deployment(ledger, Path(tmp), redis.url) as d:
                 d.gateway()
                 d.worker(0), d.worker(1)
                 return _under_http_load(d, out, at_fractions(restarts, 0.2, 0.7), inject)
@@ -541,7 +540,8 @@ def scenario_redis(ledger: Ledger, n: int, restarts: int = 3) -> Outcome:
 
 def scenario_postgres(ledger: Ledger, n: int, outage: float = 10.0) -> Outcome:
     """HTTP load on `sluice dev` (embedded SQLite); at 30 % the consumer's database refuses
-    connections for ``outage`` seconds."""
+    connections for ``outage`` seconds
+    (10 by default): its batches fail and come back after the visibility timeout."""
     out = Outcome("postgres", f"PostgreSQL refuses connections for {outage:g} s", n)
 
     def inject() -> None:
@@ -551,7 +551,10 @@ def scenario_postgres(ledger: Ledger, n: int, outage: float = 10.0) -> Outcome:
         finally:
             ledger.allow()
 
-    with deployment(ledger) as d:
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp,
+        deployment(ledger, Path(tmp)) as d,
+    ):
         d.dev()
         return _under_http_load(d, out, [0.3], inject)
 
@@ -706,8 +709,8 @@ def scenario_disk(ledger: Ledger, n: int, full_for: float = 5.0) -> Outcome:
     """HTTP load on `sluice dev` whose data directory is a 128 MB tmpfs. At 30 % the file system
     is filled and kept full: SQLite goes on committing into space its files already hold (WAL,
     free pages) until it needs more; from the first 503 the gateway is probed for ``full_for``
-    seconds more (it must answer 503, never 202), then the space is freed and the gateway must
-    answer 202 again."""
+    seconds (5 by default) more (it must answer 503, never 202), then the space is freed and
+    the gateway must answer 202 again."""
     out = Outcome("disk", f"data directory full (503 for {full_for:g} s)", n)
     with tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp:
         fs = Tmpfs(Path(tmp) / "data", size_mb=128)
@@ -715,7 +718,7 @@ def scenario_disk(ledger: Ledger, n: int, full_for: float = 5.0) -> Outcome:
             out.notes = {"skipped": f"cannot mount a tmpfs: {why}"}
             return out
         try:
-            with deployment(ledger, None, Path(tmp)) as d:
+            with deployment(ledger, Path(tmp)) as d:
                 d.dev()
                 d.depth()  # open the client's broker while there is room
                 prober = Prober(d.port)
@@ -758,6 +761,17 @@ SCENARIOS: dict[str, Callable[[Ledger, int], Outcome]] = {
 # -- report ----------------------------------------------------------------------------------
 
 
+LEGEND = """\
+- **accepted**: requests answered 202 (load generator and probes), or sends that returned
+- **processed**: distinct messages the consumer committed to PostgreSQL
+- **lost**: accepted, but neither processed nor in the dead-letter queue (must be 0)
+- **duplicates**: deliveries beyond the first (at-least-once: a batch processed, then its worker
+  or broker died before the delete)
+- **stored without 202**: processed though the client saw a failure (its answer was lost with the
+  gateway, or Redis stored the send before the connection dropped); never counted as accepted
+"""
+
+
 def write_results(outcomes: list[Outcome], command: str, load: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "faults.json").write_text(
@@ -765,10 +779,14 @@ def write_results(outcomes: list[Outcome], command: str, load: str) -> None:
             {"command": command, "load": load, "outcomes": [asdict(o) for o in outcomes]}, indent=2
         )
     )
+    render(command, load, outcomes)
+
+
+def render(command: str, load: str, outcomes: list[Outcome]) -> None:
     lines = [
         "# Fault injection",
         "",
-        f"`{command}` ({load})",
+        f"`{command}` (machine: {load})",
         "",
         "| scenario | fault | injections | accepted | processed | in DLQ | lost | duplicates "
         "| stored without 202 | seconds |",
@@ -780,16 +798,27 @@ def write_results(outcomes: list[Outcome], command: str, load: str) -> None:
             f"| {o.in_dlq:,} | {o.lost:,} | {o.duplicates:,} | {o.stored_unacknowledged:,} "
             f"| {o.seconds:.0f} |"
         )
-    lines += ["", "Notes per scenario:", ""]
+    lines += ["", LEGEND, "## Scenarios", ""]
     for o in outcomes:
-        lines.append(f"- **{o.scenario}**: `{json.dumps(o.notes, sort_keys=True)}`")
+        how = " ".join((SCENARIOS[o.scenario].__doc__ or "").split())
+        lines.append(f"- **{o.scenario}**: {how}")
+        for key, value in sorted(o.notes.items()):
+            shown = f"{value:.1f}" if isinstance(value, float) else json.dumps(value)
+            lines.append(f"  - {key.replace('_', ' ')}: {shown}")
     (RESULTS / "faults.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite faults.md from faults.json, run nothing"
+    )
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads((RESULTS / "faults.json").read_text())
+        render(saved["command"], saved["load"], [Outcome(**o) for o in saved["outcomes"]])
+        return
     n = messages_per_run()
     ledger = Ledger()
     outcomes = []

@@ -161,6 +161,22 @@ def test_a_batch_returning_too_few_outcomes_fails_as_a_bug(writer: Any, run: Run
     assert _stored(path) == []
 
 
+def test_items_submitted_just_before_stop_fail_instead_of_hanging(
+    writer: Any, run: Run[Any]
+) -> None:
+    writer, path, _ = writer
+
+    async def scenario() -> None:
+        pending = asyncio.ensure_future(writer.submit_batched("k", _insert_all, "late"))
+        await asyncio.sleep(0)  # gathered; handed to the writer on the next loop iteration
+        writer.stop()
+        with pytest.raises(Unavailable, match="not started"):
+            await asyncio.wait_for(pending, 5)
+
+    run(scenario())
+    assert _stored(path) == []
+
+
 # -- the broker's batched sends ------------------------------------------------------------
 
 

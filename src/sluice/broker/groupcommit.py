@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sluice.errors import SluiceError, Unavailable
@@ -39,10 +39,11 @@ def as_unavailable(error: sqlite3.Error) -> Unavailable:
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[sqlite3.Connection], Any] | BatchFn
-    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any] | None = None  # a plain operation's
     key: Hashable = None  # None: a plain operation; else batched with the same key's items
-    item: Any = None
+    items: list[Any] = field(default_factory=list)  # batched: gathered in one loop iteration
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)  # one per item
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
@@ -64,6 +65,9 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        # Batched items of the current event-loop iteration, per (loop, key): handed to the
+        # writer as one operation when the iteration's callbacks are done.
+        self._gathering: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Op] = {}
 
     def start(self) -> None:
         """Open the connection on the writer thread; raise what opening it raised."""
@@ -90,7 +94,7 @@ class GroupCommitWriter:
             raise Unavailable("the SQLite broker is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.put(_Op(fn, future, loop))
+        self._pending.put(_Op(fn, loop, future))
         return await future
 
     async def submit_batched(self, key: Hashable, fn: BatchFn, item: Any) -> Any:
@@ -100,8 +104,20 @@ class GroupCommitWriter:
             raise Unavailable("the SQLite broker is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.put(_Op(fn, future, loop, key, item))
+        op = self._gathering.get((loop, key))
+        if op is None:
+            op = self._gathering[(loop, key)] = _Op(fn, loop, key=key)
+            loop.call_soon(self._hand_over, loop, key)
+        op.items.append(item)
+        op.futures.append(future)
         return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, key: Hashable) -> None:
+        op = self._gathering.pop((loop, key))
+        if self._thread is None:  # stopped since the items were submitted
+            self._resolve([op], [(False, Unavailable("the SQLite broker is not started"))])
+        else:
+            self._pending.put(op)
 
     def _run(self) -> None:
         try:
@@ -138,6 +154,21 @@ class GroupCommitWriter:
                     return
         finally:
             conn.close()
+            self._refuse_leftovers()
+
+    def _refuse_leftovers(self) -> None:
+        """Operations handed over after `stop` began are never run: fail them, never hang."""
+        left: list[_Op] = []
+        while True:
+            try:
+                op = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if op is not None:
+                left.append(op)
+        if left:
+            refused = (False, Unavailable("the SQLite broker is not started"))
+            self._resolve(left, [refused] * len(left))
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         units = _units(batch)
@@ -188,10 +219,17 @@ class GroupCommitWriter:
 
     @staticmethod
     def _resolve(batch: list[_Op], outcomes: list[Outcome]) -> None:
-        """One wake-up per event loop for the whole batch, not one per operation."""
+        """One wake-up per event loop for the whole batch, not one per operation. A batched
+        operation's outcome is the list of its items' outcomes, or one failure for them all."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
         for op, outcome in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(op.loop, []).append((op.future, outcome))
+            settled = by_loop.setdefault(op.loop, [])
+            if op.future is not None:
+                settled.append((op.future, outcome))
+            elif outcome[0]:
+                settled.extend(zip(op.futures, outcome[1], strict=True))
+            else:
+                settled.extend((future, outcome) for future in op.futures)
         for loop, settled in by_loop.items():
             loop.call_soon_threadsafe(_settle_all, settled)
 
@@ -215,10 +253,18 @@ def _run_unit(conn: sqlite3.Connection, unit: list[_Op]) -> Sequence[Outcome]:
     first = unit[0]
     if first.key is None:
         return [(True, first.fn(conn))]  # type: ignore[call-arg]
-    outcomes = first.fn(conn, [op.item for op in unit])  # type: ignore[call-arg]
-    if len(outcomes) != len(unit):
-        raise RuntimeError(f"a batch of {len(unit)} items gave {len(outcomes)} outcomes")
-    return [(ok, value if ok else _translate(value)) for ok, value in outcomes]
+    items = first.items if len(unit) == 1 else [item for op in unit for item in op.items]
+    outcomes = first.fn(conn, items)  # type: ignore[call-arg]
+    if len(outcomes) != len(items):
+        raise RuntimeError(f"a batch of {len(items)} items gave {len(outcomes)} outcomes")
+    translated = [(ok, value if ok else _translate(value)) for ok, value in outcomes]
+    results: list[Outcome] = []
+    start = 0
+    for op in unit:  # each operation's share, in the order its items were gathered
+        end = start + len(op.items)
+        results.append((True, translated[start:end]))
+        start = end
+    return results
 
 
 def _translate(error: Exception) -> Exception:

@@ -653,24 +653,64 @@ def _queue_table(rows: list[dict[str, Any]]) -> None:
 # -- status ----------------------------------------------------------------------------------
 
 
+def _control(settings: Settings, url: str | None, method: str, path: str) -> Any:
+    """Call the running platform's control API (see sluice.gateway.control)."""
+    import urllib.error
+    import urllib.request
+
+    url = url or _running_url(settings)
+    if url is None:
+        _fail("no platform is running for this data dir (start `sluice dev APP`, or pass --url)")
+    headers = {}
+    if settings.control_token:
+        headers["authorization"] = f"Bearer {settings.control_token}"
+    request = urllib.request.Request(f"{url}{path}", method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        _fail(f"{url}{path}: HTTP {exc.code} {detail}", 2 if exc.code < 500 else 1)
+    except urllib.error.URLError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+
+
+@main.group()
+def mapping() -> None:
+    """Enable or disable an event source mapping of the running platform."""
+
+
+@mapping.command("disable")
+@click.argument("name", metavar="QUEUE->FUNCTION")
+@click.option("--url", help="A running platform's URL (default: the one serving --data-dir).")
+@click.pass_context
+def mapping_disable(ctx: click.Context, name: str, url: str | None) -> None:
+    """Stop draining the queue; batches in flight finish, messages wait."""
+    from urllib.parse import quote
+
+    _control(_settings(ctx), url, "POST", f"/_sluice/mappings/{quote(name, safe='')}/disable")
+    click.echo(f"disabled {name}")
+
+
+@mapping.command("enable")
+@click.argument("name", metavar="QUEUE->FUNCTION")
+@click.option("--url", help="A running platform's URL (default: the one serving --data-dir).")
+@click.pass_context
+def mapping_enable(ctx: click.Context, name: str, url: str | None) -> None:
+    """Resume draining the queue."""
+    from urllib.parse import quote
+
+    _control(_settings(ctx), url, "POST", f"/_sluice/mappings/{quote(name, safe='')}/enable")
+    click.echo(f"enabled {name}")
+
+
 @main.command()
 @click.option("--url", help="A running platform's URL (default: the one serving --data-dir).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx: click.Context, url: str | None, as_json: bool) -> None:
     """Functions (environments warm/busy), queues and mappings of the running platform."""
-    import urllib.error
-    import urllib.request
-
-    settings = _settings(ctx)
-    url = url or _running_url(settings)
-    if url is None:
-        _fail("no platform is running for this data dir (start `sluice dev APP`)")
-    try:
-        with urllib.request.urlopen(f"{url}/_sluice/status", timeout=10) as response:
-            data = orjson.loads(response.read())
-    except urllib.error.URLError as exc:
-        _fail(f"cannot reach {url}: {exc}")
+    data = _control(_settings(ctx), url, "GET", "/_sluice/status")
     if as_json:
         _print_json(data)
         return
@@ -684,10 +724,13 @@ def status(ctx: click.Context, url: str | None, as_json: bool) -> None:
         )
     console.print(table)
     _queue_table(data["queues"])
-    table = Table("mapping", "concurrency", "in flight", "batches", "failures", title="mappings")
+    table = Table(
+        "mapping", "enabled", "concurrency", "in flight", "batches", "failures", title="mappings"
+    )
     for m in data["mappings"]:
         table.add_row(
             m["name"],
+            "yes" if m.get("enabled", True) else "no",
             f"{m['target_concurrency']}/{m['max_concurrency']}",
             str(m["in_flight"]),
             str(m["batches"]),

@@ -12,3 +12,11 @@ def echo(event, context):
 @app.function
 def boom(event, context):
     raise ValueError("no good")
+
+
+app.queue("held")
+
+
+@app.consume("held")
+def drain(event, context):
+    return None

@@ -112,3 +112,18 @@ def test_lambda_invoke_api_headers(dev: tuple[Path, str]) -> None:
     with urllib.request.urlopen(event, timeout=30) as response:
         assert response.status == 202
     assert os.environ.get("SLUICE_CONTROL_TOKEN") is None
+
+
+def test_mapping_disable_and_enable(dev: tuple[Path, str]) -> None:
+    data, _ = dev
+    # The test app has no mapping: the error names the problem and exits non-zero.
+    missing = run_cli(data, "mapping", "disable", "jobs->echo")
+    assert missing.returncode == 2 and "no event source mapping" in missing.stderr
+    assert run_cli(data, "mapping", "disable", "held->drain").returncode == 0
+    status = json.loads(run_cli(data, "status", "--json").stdout)
+    [held] = [m for m in status["mappings"] if m["name"].endswith("held->drain")]
+    assert held["enabled"] is False
+    assert run_cli(data, "mapping", "enable", "held->drain").returncode == 0
+    status = json.loads(run_cli(data, "status", "--json").stdout)
+    [held] = [m for m in status["mappings"] if m["name"].endswith("held->drain")]
+    assert held["enabled"] is True

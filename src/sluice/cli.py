@@ -168,7 +168,7 @@ def _banner(platform: Any, url: str | None) -> None:
     if url and app.routes:
         table = Table("route", "target", title=f"HTTP on {url}")
         for r in app.routes:
-            table.add_row(r.route_key, r.target)
+            table.add_row(r.route_key, str(r.target))
         console.print(table)
     if app.mappings:
         table = Table("queue", "function", "batch", "window", "max concurrency", title="mappings")

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvloop
 
-from sluice.app import App
+from sluice.app import App, FixedResponse
 from sluice.gateway.config import GatewayConfig
 from sluice.gateway.server import HttpServer
 from sluice.gateway.wire import Request, Response
@@ -29,6 +29,8 @@ app.queue(QUEUE)
 # GET variants too: wrk without a script sends GET; the queue body is then the empty string.
 app.add_route("POST /enqueue", f"queue:{QUEUE}")
 app.add_route("GET /enqueue", f"queue:{QUEUE}")
+# Routing and response without a backend: what the gateway itself costs over the bare server.
+app.add_route("GET /fixed", FixedResponse(200, HELLO.decode()))
 
 
 @app.route("GET /noop")

@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,6 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import LoadResult, run_load
-from spike import free_port
 
 from sluice.client import Client
 from sluice.config import Settings
@@ -62,6 +62,12 @@ ADMIN_URL = os.environ.get(
     "SLUICE_FAULTS_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 LOAD_CONNECTIONS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def messages_per_run() -> int:
@@ -662,6 +668,7 @@ class Prober:
         self.port = port
         self.sent = 0
         self.accepted: set[int] = set()
+        self.refused: set[int] = set()  # answered 503: must not have been stored
 
     def post(self) -> int:
         """One request; its status (0 when the request failed)."""
@@ -678,6 +685,8 @@ class Prober:
             conn.close()
         if response.status == 202:
             self.accepted.add(n)
+        elif response.status == 503:
+            self.refused.add(n)
         return response.status
 
     def until(self, status: int, timeout: float) -> tuple[float | None, list[int]]:
@@ -707,10 +716,13 @@ def tally(statuses: list[int]) -> dict[str, int]:
 
 def scenario_disk(ledger: Ledger, n: int, full_for: float = 5.0) -> Outcome:
     """HTTP load on `sluice dev` whose data directory is a 128 MB tmpfs. At 30 % the file system
-    is filled and kept full: SQLite goes on committing into space its files already hold (WAL,
-    free pages) until it needs more; from the first 503 the gateway is probed for ``full_for``
-    seconds (5 by default) more (it must answer 503, never 202), then the space is freed and
-    the gateway must answer 202 again."""
+    is filled and kept full (space freed is taken again at once). SQLite still commits into space
+    its own files hold (a WAL restarted after a checkpoint, pages freed by the consumer's
+    deletes), so 202s go on as long as a commit fits; a send that does not fit must get 503,
+    never 202. Probe requests (numbered apart from the load) run until the first 503 and then
+    ``full_for`` seconds (5 by default) more: every probe answered 202 must be processed, none
+    answered 503 may have been stored. Then the space is freed and the gateway must answer 202
+    again."""
     out = Outcome("disk", f"data directory full (503 for {full_for:g} s)", n)
     with tempfile.TemporaryDirectory(prefix="sluice-faults-") as tmp:
         fs = Tmpfs(Path(tmp) / "data", size_mb=128)
@@ -742,9 +754,15 @@ def scenario_disk(ledger: Ledger, n: int, full_for: float = 5.0) -> Outcome:
 
                 load_accepted: set[int] = set()
                 result = _under_http_load(d, out, [0.3], inject, load_accepted)
+                processed, dead = ledger.deliveries(), d.dead_letters()
+                notes["probes_answered_503_yet_stored"] = len(
+                    prober.refused & (processed.keys() | set(dead))
+                )
+                notes["probes_202_while_full"] = notes["full_before_first_503"].get(
+                    "202", 0
+                ) + notes["full_after_first_503"].get("202", 0)
                 result.notes |= notes
-                accepted = load_accepted | prober.accepted
-                return account(result, accepted, ledger.deliveries(), d.dead_letters())
+                return account(result, load_accepted | prober.accepted, processed, dead)
         finally:
             fs.unmount()
 

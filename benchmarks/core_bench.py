@@ -37,7 +37,7 @@ from pathlib import Path
 import psutil
 import uvloop
 from baselines import cold_start, pipe_round_trip
-from exec_counter import DEFAULT_REDIS_URL, ExecutionCounter
+from exec_counter import ExecutionCounter
 from harness import (
     BENCH_DIR,
     Distribution,
@@ -64,6 +64,9 @@ QUEUE = "core"
 SEND_GROUP = "send 100,000 messages, one client thread"
 SECTIONS = ("send", "drain", "cold", "warm", "memory")
 BODY = '{"n": 1}'
+# Its own Redis db: other benchmarks on this shared machine flush the default one (14) mid-run.
+REDIS_URL = "redis://127.0.0.1:6379/9"
+DRAIN_TIMEOUT = 1800.0  # Celery drains a few hundred messages/s when the machine is busy
 
 
 def _app_queue() -> QueueConfig:
@@ -225,7 +228,7 @@ def peak_tree_memory(interval: float = 0.1) -> Iterator[Peak]:
 
 
 def drain_group(processes: int) -> str:
-    return f"drain 100,000 pre-enqueued no-op messages, {processes} handler processes"
+    return f"drain pre-enqueued no-op messages, {processes} handler processes"
 
 
 def sluice_drain(
@@ -242,6 +245,7 @@ def sluice_drain(
                     processes=processes,
                     counter=counter,
                     group=group,
+                    timeout=DRAIN_TIMEOUT,
                     settings={"batch_size": 100, "broker": "embedded SQLite"},
                 )
         finally:
@@ -251,7 +255,9 @@ def sluice_drain(
     return result, peak
 
 
-def add_drain(report: Report, *, n: int, processes: int, redis_url: str) -> Peak:
+def add_drain(
+    report: Report, *, n: int, n_peers: int, processes: int, redis_url: str, all_peers: bool
+) -> Peak:
     counter = ExecutionCounter(redis_url)
     group = drain_group(processes)
     flush_redis_db(redis_url)
@@ -266,21 +272,24 @@ def add_drain(report: Report, *, n: int, processes: int, redis_url: str) -> Peak
             celery_config.settings(),
         )
     ]
-    for threads in (1, dramatiq_app.DEFAULT_THREADS):
+    for threads in (
+        (1, dramatiq_app.DEFAULT_THREADS) if all_peers else (dramatiq_app.DEFAULT_THREADS,)
+    ):
         target = dramatiq_app.DramatiqDrain(redis_url, threads=threads)
         peers.append(
             (f"dramatiq --processes {processes} --threads {threads}", target, target.settings())
         )
     for name, target, settings in peers:
         flush_redis_db(redis_url)
-        console().log(f"drain: {name} x{n}")
+        console().log(f"drain: {name} x{n_peers}")
         row = measure_drain(
             name,
             target,
-            n=n,
+            n=n_peers,
             processes=processes,
             counter=counter,
             group=group,
+            timeout=DRAIN_TIMEOUT,
             settings=settings,
         )
         row.baseline = name.startswith("celery")
@@ -489,11 +498,17 @@ def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description="Sluice's core vs Celery and Dramatiq.")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--n", type=int, default=100_000, help="messages sent and drained")
+    parser.add_argument(
+        "--n-drain-peers", type=int, default=None, help="messages the peers drain (default --n)"
+    )
+    parser.add_argument(
+        "--all-peers", action="store_true", help="also Dramatiq --threads 1 (slow: backs off)"
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=20_000, help="warm invokes per run")
     parser.add_argument("--cold-runs", type=int, default=30)
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--name", default="core", help="results/<name>.{json,md}")
     args = parser.parse_args(argv)
 
@@ -503,7 +518,14 @@ def main(argv: Sequence[str]) -> None:
         add_send(report, n=args.n, redis_url=args.redis_url)
     big_peak = None
     if "drain" in args.sections:
-        big_peak = add_drain(report, n=args.n, processes=args.processes, redis_url=args.redis_url)
+        big_peak = add_drain(
+            report,
+            n=args.n,
+            n_peers=args.n_drain_peers or args.n,
+            processes=args.processes,
+            redis_url=args.redis_url,
+            all_peers=args.all_peers,
+        )
     if "cold" in args.sections:
         add_cold(report, runs=args.cold_runs)
     if "warm" in args.sections:

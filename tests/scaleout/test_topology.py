@@ -5,18 +5,24 @@ tree) and restarted. Nothing accepted is lost, duplicates are counted, and the m
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.scaleout.cluster import MAX_CONCURRENCY, TopologyConfig, run_topology
-from tests.servers import require_postgres, require_redis
+from tests.scaleout.topo_app import BATCH_SIZE
+from tests.servers import require_postgres
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 
 def test_kills_lose_nothing_and_keep_the_concurrency_cap(tmp_path: Path) -> None:
-    require_redis()  # the run starts its own redis-server; this checks the tool set is there
+    if shutil.which("redis-server") is None:  # the run starts a redis-server of its own
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (CI=true: the tests need it)")
+        pytest.skip("redis-server is not installed")
     postgres = require_postgres()
     config = TopologyConfig(messages=20_000, kills=5, kill_every=2.0, drain_timeout=60.0)
     result = run_topology(config, postgres, tmp_path)
@@ -28,5 +34,6 @@ def test_kills_lose_nothing_and_keep_the_concurrency_cap(tmp_path: Path) -> None
     assert result.processed_keys + result.in_dlq == config.messages
     # One message id per accepted request: a gateway never stored a request twice.
     assert result.processed_ids == result.processed_keys
-    assert result.duplicates >= 0
+    # Only batches in flight on a killed worker come back: at most max_concurrency of them.
+    assert result.duplicates <= result.kills * MAX_CONCURRENCY * BATCH_SIZE, result.to_dict()
     assert 1 <= result.peak_concurrency <= MAX_CONCURRENCY, result.to_dict()

@@ -17,6 +17,7 @@ import psycopg
 import sluice
 
 MAX_CONCURRENCY = 4
+BATCH_SIZE = 100
 
 app = sluice.App("topo")
 app.queue("work", visibility_timeout=5, dead_letter="work-dlq", max_receive_count=10)
@@ -34,7 +35,7 @@ def _connection() -> psycopg.Connection:
     return conn
 
 
-@app.consume("work", batch_size=100, max_concurrency=MAX_CONCURRENCY)
+@app.consume("work", batch_size=BATCH_SIZE, max_concurrency=MAX_CONCURRENCY)
 def record(event, context):
     started = time.time()
     table = os.environ["TOPO_TABLE"]

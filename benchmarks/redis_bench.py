@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -193,6 +196,41 @@ def add_sluice_enqueue(report: Report, queue: SluiceQueue, n: int) -> list[Resul
     return batch_sends
 
 
+PROFILE_GROUP = "where batch send time goes (batches of 1000; cProfile, so Python parts inflated)"
+_PROFILED = ("validate_messages", "md5_of_body", "_new_message_ids", "_send_once")
+
+
+def add_send_profile(report: Report, queue: SluiceQueue, n: int) -> None:
+    """Batch send under cProfile: client functions' cumulative time and Redis's own time for the
+    send script (INFO commandstats), per message."""
+    import redis
+
+    queue.reset()
+    queue.send_batches(BATCH)  # warm: connection and script cache
+    with redis.Redis.from_url(queue.url) as client:
+        before = client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0)
+        profile = cProfile.Profile()
+        started = time.perf_counter()
+        profile.enable()
+        queue.send_batches(n)
+        profile.disable()
+        elapsed = time.perf_counter() - started
+        after = client.info("commandstats")["cmdstat_evalsha"]["usec"]
+    cumulative: dict[str, float] = dict.fromkeys(_PROFILED, 0.0)
+    waiting = 0.0
+    for (_, _, function), row in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+        if function in cumulative:
+            cumulative[function] += row[3]
+        if function == "<method 'poll' of 'select.epoll' objects>":
+            waiting += row[2]
+    rows = [("whole send, wall clock under the profiler", elapsed * 1e6 / n)]
+    rows.append(("Redis: send script (INFO commandstats)", (after - before) / n))
+    rows.append(("client: event loop waiting for Redis (epoll)", waiting * 1e6 / n))
+    rows += [(f"client: {name} (cumulative)", cumulative[name] * 1e6 / n) for name in _PROFILED]
+    for name, value in rows:
+        report.add(Result(PROFILE_GROUP, name, "µs/msg", value, extra={"n": n}))
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-enqueue", type=int, default=20_000)
@@ -229,6 +267,7 @@ def main(argv: Sequence[str]) -> None:
             report.add(xadd_row)
             for result in batch_sends:
                 report.add(regroup(result, XADD_GROUP))
+            add_send_profile(report, queue, 100_000)
             if not args.skip_peers:
                 add_drain(report, n=args.n_drain, processes=args.processes, redis_url=url)
             drains = sluice_drains(queue, Path(work), args.batches, args.n_drain)

@@ -30,6 +30,7 @@ class InvocationResult:
         "request_id",
     )
 
+    _logs: str | LogText
     request_id: str
     payload: bytes  # JSON: the handler's return value, or Lambda's error object
     function_error: str | None  # "Unhandled" (X-Amz-Function-Error) when the handler failed

@@ -166,17 +166,14 @@ class Runtime:
             request["client_context"] = dict(client_context)
         if identity:
             request["identity"] = dict(identity)
-        if pool.spec.reserved_concurrency is None:  # the common case: no lease to take
+        reserved = pool.spec.reserved_concurrency
+        if reserved is None:  # the common case: no lease to take
             return await self._run(pool, request, payload)
-        spec = pool.spec
         key = f"reserved:{function}"
-        lease = await self._limiter.acquire(
-            key, spec.reserved_concurrency, spec.timeout + LEASE_GRACE
-        )
+        lease = await self._limiter.acquire(key, reserved, pool.spec.timeout + LEASE_GRACE)
         if lease is None:
             raise Throttled(
-                f"Rate Exceeded: function {function!r} is at its reserved concurrency "
-                f"({spec.reserved_concurrency})"
+                f"Rate Exceeded: function {function!r} is at its reserved concurrency ({reserved})"
             )
         try:
             return await self._run(pool, request, payload)

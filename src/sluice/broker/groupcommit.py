@@ -11,6 +11,13 @@ cost in the writer thread (which every commit waits for) is a few Python operati
 three statements. A batch function validates each item before it writes anything and reports one
 outcome per item; if it raises, every item of the batch fails. The savepoint is skipped when a
 transaction holds only one operation or batch (its rollback is the transaction's).
+
+Only what a caller is promised must survive a power loss needs an fsync: an operation submitted
+with ``durable=False`` (a receive's visibility change, a delete) commits with
+``synchronous=NORMAL`` when nothing durable shares its transaction. A process crash loses nothing
+either way (the commit is in the OS page cache); a power loss can undo such a commit, which
+redelivers a message, the at-least-once outcome that is promised anyway. The next durable commit
+fsyncs the log, and with it every commit before it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class _Op:
     key: Hashable = None  # None: a plain operation; else batched with the same key's items
     items: list[Any] = field(default_factory=list)  # batched: gathered in one loop iteration
     futures: list[asyncio.Future[Any]] = field(default_factory=list)  # one per item
+    durable: bool = True  # needs an fsync before its result is handed back
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
@@ -89,12 +97,12 @@ class GroupCommitWriter:
         self._thread.join()
         self._thread = None
 
-    async def submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         if self._thread is None:
             raise Unavailable("the SQLite broker is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.put(_Op(fn, loop, future))
+        self._pending.put(_Op(fn, loop, future, durable=durable))
         return await future
 
     async def submit_batched(self, key: Hashable, fn: BatchFn, item: Any) -> Any:
@@ -127,6 +135,7 @@ class GroupCommitWriter:
             self._ready.set()
             return
         self._ready.set()
+        synchronous = "FULL"  # as the connection was opened
         try:
             while True:
                 first = self._pending.get()
@@ -143,6 +152,10 @@ class GroupCommitWriter:
                         stop = True
                         break
                     batch.append(op)
+                wanted = "FULL" if any(op.durable for op in batch) else "NORMAL"
+                if wanted != synchronous:
+                    conn.execute(f"PRAGMA synchronous = {wanted}")
+                    synchronous = wanted
                 try:
                     self._run_batch(conn, batch)
                 except Exception as error:  # never leave a caller waiting on a dead batch

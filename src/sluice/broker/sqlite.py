@@ -363,7 +363,7 @@ class SQLiteBroker:
                 token=token,
                 now=self._now(),
             )
-            rows = await self._writer.submit(receive)
+            rows = await self._writer.submit(receive, durable=False)
             if rows or not await self._wait_for_messages(queue, deadline):
                 hex_token = f"{token:x}"
                 return [_to_message(row, hex_token) for row in rows]
@@ -480,7 +480,7 @@ class SQLiteBroker:
             rows = conn.execute(sql.DELETE_BY_RECEIPT, (orjson.dumps(parsed), qid)).fetchall()
             return {(r[0], r[1]) for r in rows}
 
-        deleted = await self._writer.submit(op)
+        deleted = await self._writer.submit(op, durable=False)
         return [handle in deleted for handle in parsed]
 
     async def change_visibility(self, queue: str, receipt_handle: str, timeout: float) -> bool:
@@ -499,7 +499,7 @@ class SQLiteBroker:
             )
             return cursor.rowcount == 1
 
-        changed = await self._writer.submit(op)
+        changed = await self._writer.submit(op, durable=False)
         if changed and timeout == 0:
             self._wake(queue)
         return changed

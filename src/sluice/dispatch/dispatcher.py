@@ -14,8 +14,6 @@ from sluice.events.sqs import queue_arn
 from sluice.limits.contract import Limiter
 from sluice.runtime.contract import Invoker
 
-LEASE_SLACK = 30.0
-
 
 def function_arn(settings: Settings, function: str) -> str:
     return f"arn:aws:lambda:{settings.region}:{settings.account}:function:{function}"
@@ -41,7 +39,7 @@ class Dispatcher:
         self._mapping_pollers: dict[str, Poller] = {}
 
     def _mapping_poller(self, spec: MappingSpec) -> Poller:
-        fn = self.app.get_function(spec.function)
+        self.app.get_function(spec.function)  # an unknown function fails here, at start
         config = PollerConfig(
             name=f"{self.app.name}:{spec.name}",
             queue=spec.queue,
@@ -49,7 +47,6 @@ class Dispatcher:
             batching_window=spec.batching_window,
             max_concurrency=spec.max_concurrency or self._settings.default_mapping_concurrency,
             lease_key=f"{self.app.name}:mapping:{spec.name}",
-            lease_ttl=fn.timeout + spec.batching_window + LEASE_SLACK,
         )
         handler = SqsMappingHandler(
             spec,
@@ -69,7 +66,6 @@ class Dispatcher:
             batching_window=0.0,
             max_concurrency=max(1, concurrency),
             lease_key=f"{self.app.name}:async:{fn.name}",
-            lease_ttl=fn.timeout + LEASE_SLACK,
         )
         handler = EventInvokeHandler(
             fn,

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sluice.broker.contract import Broker, Message
 from sluice.limits.contract import Limiter
@@ -36,7 +37,9 @@ class PollerConfig:
     batching_window: float
     max_concurrency: int
     lease_key: str
-    lease_ttl: float  # longer than the longest a batch can take: function timeout + window + slack
+    # A held lease is renewed every third of this while its batch runs, so a SIGKILLed
+    # holder's slot frees within this many seconds, however long its batch would have taken.
+    lease_ttl: float = 6.0
     visibility_timeout: float | None = None
 
 
@@ -102,14 +105,7 @@ class Poller:
                     await self._sleep(0.02)
                     continue
                 try:
-                    batch = await self._collect()
-                    if batch:
-                        self.in_flight += 1
-                        try:
-                            ok = await self._handle(batch)
-                        finally:
-                            self.in_flight -= 1
-                        self._record(ok)
+                    await self._holding(token, self._one_batch())
                 finally:
                     try:
                         await self._limiter.release(cfg.lease_key, token)
@@ -124,6 +120,35 @@ class Poller:
                 log.exception("poller %s: batch failed; retrying in %.2fs", cfg.name, error_backoff)
                 await self._sleep(error_backoff)
                 error_backoff = min(error_backoff * 2, 5.0)
+
+    async def _one_batch(self) -> None:
+        batch = await self._collect()
+        if batch:
+            self.in_flight += 1
+            try:
+                ok = await self._handle(batch)
+            finally:
+                self.in_flight -= 1
+            self._record(ok)
+
+    async def _holding(self, token: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` while renewing the lease ``token``."""
+        cfg = self.config
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=cfg.lease_ttl / 3)
+                if done:
+                    return task.result()
+                try:
+                    if not await self._limiter.renew(cfg.lease_key, token, cfg.lease_ttl):
+                        log.warning("poller %s: a lease expired while its batch ran", cfg.name)
+                except Exception:
+                    log.exception("poller %s: renewing a lease failed", cfg.name)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _collect(self) -> list[Message]:
         """One batch: as soon as messages arrive, or - with a batching window - until the batch is

@@ -109,3 +109,23 @@ def prefix_upper_bound(prefix: str) -> str | None:
     if following in _SURROGATES:  # surrogates cannot be stored; skip to the next valid one
         following = _SURROGATES.stop
     return stripped[:-1] + chr(following)
+
+
+def list_filter(
+    kind: str, prefix: str, limit: int | None, after: str | None, placeholder: str
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (without ORDER/LIMIT) and parameters of `StateStore.list`, checked, for
+    a backend whose parameter placeholder is ``placeholder``."""
+    check_name("kind", kind)
+    check_bound("prefix", prefix)
+    check_limit(limit)
+    conditions, params = ["kind = ", "key >= "], [kind, prefix]
+    upper = prefix_upper_bound(prefix)
+    if upper is not None:
+        conditions.append("key < ")
+        params.append(upper)
+    if after is not None:
+        check_bound("after", after)
+        conditions.append("key > ")
+        params.append(after)
+    return " AND ".join(c + placeholder for c in conditions), params

@@ -256,21 +256,8 @@ class PostgresState:
     async def list(
         self, kind: str, prefix: str = "", limit: int | None = None, *, after: str | None = None
     ) -> builtins.list[Record]:
-        codec.check_name("kind", kind)
-        codec.check_bound("prefix", prefix)
-        codec.check_limit(limit)
-        if after is not None:
-            codec.check_bound("after", after)
-        query = f"SELECT {_COLUMNS} FROM {{s}}.records WHERE kind = %s AND key >= %s"
-        params: builtins.list[Any] = [kind, prefix]
-        upper = codec.prefix_upper_bound(prefix)
-        if upper is not None:
-            query += " AND key < %s"
-            params.append(upper)
-        if after is not None:
-            query += " AND key > %s"
-            params.append(after)
-        query += " ORDER BY key LIMIT %s"
+        where, params = codec.list_filter(kind, prefix, limit, after, "%s")
+        query = f"SELECT {_COLUMNS} FROM {{s}}.records WHERE {where} ORDER BY key LIMIT %s"
         params.append(limit)  # LIMIT NULL means no limit
 
         async def read(conn: Connection) -> builtins.list[Record]:

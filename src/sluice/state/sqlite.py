@@ -178,21 +178,8 @@ class SQLiteState:
     async def list(
         self, kind: str, prefix: str = "", limit: int | None = None, *, after: str | None = None
     ) -> builtins.list[Record]:
-        codec.check_name("kind", kind)
-        codec.check_bound("prefix", prefix)
-        codec.check_limit(limit)
-        if after is not None:
-            codec.check_bound("after", after)
-        query = f"SELECT {_COLUMNS} FROM records WHERE kind = ? AND key >= ?"
-        params: builtins.list[Any] = [kind, prefix]
-        upper = codec.prefix_upper_bound(prefix)
-        if upper is not None:
-            query += " AND key < ?"
-            params.append(upper)
-        if after is not None:
-            query += " AND key > ?"
-            params.append(after)
-        query += " ORDER BY key LIMIT ?"
+        where, params = codec.list_filter(kind, prefix, limit, after, "?")
+        query = f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY key LIMIT ?"
         params.append(-1 if limit is None else limit)
 
         def read() -> builtins.list[Record]:

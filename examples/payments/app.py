@@ -27,7 +27,15 @@ import sluice
 DATABASE_URL = os.environ.get("PAYMENTS_DATABASE_URL", "sqlite:///.sluice/payments.db")
 DB_CONNECTIONS = int(os.environ.get("PAYMENTS_DB_CONNECTIONS", "4"))
 
-app = sluice.App("payments")
+USAGE = """Try it:
+  curl -s -X POST {url}/accounts -d '{"id": "alice", "balance": 10000}'
+  curl -s -X POST {url}/accounts -d '{"id": "bob", "balance": 0}'
+  curl -s -X POST {url}/transfers \\
+       -d '{"from": "alice", "to": "bob", "amount": 2500, "idempotency_key": "t-1"}'
+  curl -s {url}/transfers/TRANSFER_ID
+  curl -s {url}/accounts/bob"""
+
+app = sluice.App("payments", usage=USAGE)
 app.queue("transfers", visibility_timeout=60, dead_letter="transfers-dlq", max_receive_count=5)
 
 TRANSFER_SCHEMA = {

@@ -212,10 +212,12 @@ def _check_target(where: str, target: Target) -> None:
 class App:
     """The registry of one application: functions, queues, mappings and routes."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, usage: str = "") -> None:
+        """``usage``: how to try the app, printed when `sluice dev` starts it."""
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ValidationError(f"app name {name!r} must be letters, digits, '-' or '_'")
         self.name = name
+        self.usage = usage
         self.functions: dict[str, FunctionSpec] = {}
         self.queues: dict[str, QueueConfig] = {}
         self.mappings: list[MappingSpec] = []

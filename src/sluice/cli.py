@@ -155,6 +155,8 @@ def _serve(settings: Settings, app_ref: str, roles: Any) -> None:
         uvloop.run(serve())
     except SluiceError as exc:
         _fail(f"{exc.code}: {exc.message}")
+    except OSError as exc:  # e.g. the port is taken
+        _fail(str(exc))
 
 
 def _banner(platform: Any, url: str | None) -> None:
@@ -181,6 +183,8 @@ def _banner(platform: Any, url: str | None) -> None:
                 str(m.max_concurrency or platform.settings.default_mapping_concurrency),
             )
         console.print(table)
+    if app.usage and url:
+        click.echo(app.usage.replace("{url}", url))  # unwrapped: the lines are for copying
     console.print("press Ctrl-C to stop")
 
 
@@ -327,6 +331,8 @@ def _follow(settings: Settings, app_name: str, roles: Any, poll_interval: float)
         uvloop.run(serve())
     except SluiceError as exc:
         _fail(f"{exc.code}: {exc.message}")
+    except OSError as exc:  # e.g. the port is taken
+        _fail(str(exc))
 
 
 def _hp(host: str | None, port: int | None, data_dir: Path | None) -> dict[str, Any]:

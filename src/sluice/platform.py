@@ -66,6 +66,14 @@ class Platform:
         self.gateway: Any = None
 
     async def start(self, roles: Roles = Roles()) -> None:
+        """Start the parts ``roles`` asks for; if one fails, stop those already started."""
+        try:
+            await self._start(roles)
+        except BaseException:
+            await self.close(grace=0)
+            raise
+
+    async def _start(self, roles: Roles) -> None:
         from sluice.runtime.pool import Runtime
 
         s = self.settings

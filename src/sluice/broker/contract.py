@@ -84,12 +84,53 @@ class OutgoingMessage:
     deduplication_id: str | None = None  # FIFO only
 
 
-@dataclass(frozen=True, slots=True)
 class SendResult:
-    message_id: str
-    md5_of_body: str
-    sequence_number: str | None = None  # FIFO only
-    duplicate: bool = False  # True when suppressed by deduplication (the original id is returned)
+    """What a send stored. A backend may pass ``body`` instead of ``md5_of_body``: the MD5
+    (SQS's MD5OfMessageBody) is then computed only if someone reads it, which most callers never
+    do - on a batch send that hashing would be a large share of the client's time."""
+
+    __slots__ = ("_body", "_md5", "duplicate", "message_id", "sequence_number")
+
+    def __init__(
+        self,
+        message_id: str,
+        md5_of_body: str | None = None,
+        sequence_number: str | None = None,  # FIFO only
+        duplicate: bool = False,  # suppressed by deduplication: the original id is returned
+        *,
+        body: str | None = None,
+    ) -> None:
+        if md5_of_body is None and body is None:
+            raise TypeError("SendResult needs md5_of_body or body")
+        self.message_id = message_id
+        self.sequence_number = sequence_number
+        self.duplicate = duplicate
+        self._md5 = md5_of_body
+        self._body = body
+
+    @property
+    def md5_of_body(self) -> str:
+        if self._md5 is None:
+            from sluice.broker.validation import md5_of_body
+
+            self._md5 = md5_of_body(self._body or "")
+            self._body = None
+        return self._md5
+
+    def _key(self) -> tuple[str, str, str | None, bool]:
+        return (self.message_id, self.md5_of_body, self.sequence_number, self.duplicate)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SendResult) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"SendResult(message_id={self.message_id!r}, md5_of_body={self.md5_of_body!r}, "
+            f"sequence_number={self.sequence_number!r}, duplicate={self.duplicate!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,7 +231,7 @@ class RedisBroker:
         outcome = await self._script("send", queue, args)
         if not outcome:  # a standard queue: every message stored under its new id
             return [
-                SendResult(message_id, md5_of_body(m.body))
+                SendResult(message_id, body=m.body)
                 for message_id, m in zip(ids, messages, strict=True)
             ]
         results = []

@@ -49,25 +49,32 @@ def validate_queue_config(config: QueueConfig) -> None:
 
 
 def validate_messages(config: QueueConfig, messages: Sequence[OutgoingMessage]) -> None:
-    """Refuse a whole batch before anything is stored if any message is invalid."""
+    """Refuse a whole batch before anything is stored if any message is invalid. This runs for
+    every message of every send, so the queue's settings are read once, outside the loop."""
     if not messages:
         raise ValidationError("a send needs at least one message")
+    fifo, limit = config.fifo, config.max_message_size
     for i, m in enumerate(messages):
-        if not isinstance(m.body, str):
+        body = m.body
+        if not isinstance(body, str):
             raise ValidationError(f"message {i}: body must be a string")
-        size = len(m.body.encode()) + attributes_size(m.attributes)
-        if size > config.max_message_size:
+        size = len(body) if body.isascii() else len(body.encode())
+        if m.attributes:
+            size += attributes_size(m.attributes)
+            for key, attr in m.attributes.items():
+                if not isinstance(attr, dict) or "DataType" not in attr:
+                    raise ValidationError(f"message {i}: attribute {key!r} needs a DataType")
+        if size > limit:
             raise MessageTooLarge(
-                f"message {i} is {size} bytes; queue {config.name!r} accepts at most "
-                f"{config.max_message_size}"
+                f"message {i} is {size} bytes; queue {config.name!r} accepts at most {limit}"
             )
         if m.delay is not None:
-            if config.fifo:
+            if fifo:
                 raise ValidationError(
                     f"message {i}: FIFO queues take a delay per queue, not per message"
                 )
             _range(config.name, "delay", m.delay, 0, MAX_DELAY)
-        if config.fifo:
+        if fifo:
             if not m.group_id:
                 raise ValidationError(f"message {i}: a FIFO queue needs a message group id")
             if not m.deduplication_id and not config.content_based_deduplication:
@@ -76,9 +83,6 @@ def validate_messages(config: QueueConfig, messages: Sequence[OutgoingMessage]) 
                 )
         elif m.group_id or m.deduplication_id:
             raise ValidationError(f"message {i}: group and deduplication ids are for FIFO queues")
-        for key, attr in m.attributes.items():
-            if not isinstance(attr, dict) or "DataType" not in attr:
-                raise ValidationError(f"message {i}: attribute {key!r} needs a DataType")
 
 
 def attributes_size(attributes: object) -> int:

@@ -6,7 +6,8 @@ database's connection budget, so a spike never opens more connections than the d
 Reads (balances, transfer status) are synchronous.
 
 Run it:  sluice dev examples/payments/app.py   (or: make run)
-Database: PAYMENTS_DATABASE_URL (default sqlite:///.sluice/payments.db; postgresql://... works).
+Database: PAYMENTS_DATABASE_URL (default: payments.db in the data directory; postgresql://...
+works).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from ledger import Ledger, Transfer
 
 import sluice
 
-DATABASE_URL = os.environ.get("PAYMENTS_DATABASE_URL", "sqlite:///.sluice/payments.db")
+# The embedded default keeps the ledger beside the broker, in the data directory.
+DATA_DIR = os.environ.get("SLUICE_DATA_DIR", ".sluice")
+DATABASE_URL = os.environ.get("PAYMENTS_DATABASE_URL", f"sqlite:///{DATA_DIR}/payments.db")
 DB_CONNECTIONS = int(os.environ.get("PAYMENTS_DB_CONNECTIONS", "4"))
 
 USAGE = """Try it:

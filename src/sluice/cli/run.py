@@ -31,10 +31,18 @@ from sluice.errors import SluiceError
 # -- running ---------------------------------------------------------------------------------
 
 
+def _export_data_dir(settings: Settings) -> None:
+    """Functions (and the app module, imported here and again in each template) see the data
+    directory as SLUICE_DATA_DIR, e.g. to keep an embedded database beside the broker's."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["SLUICE_DATA_DIR"] = str(settings.data_dir.resolve())
+
+
 def _serve(settings: Settings, app_ref: str, roles: Any) -> None:
     from sluice.platform import Platform
     from sluice.runtime.loader import load_app
 
+    _export_data_dir(settings)
     app, source = load_app(app_ref)
     platform = Platform(app, source.ref, settings)
 
@@ -200,6 +208,7 @@ def _serve_either(
 def _follow(settings: Settings, app_name: str, roles: Any, poll_interval: float) -> None:
     from sluice.deploy.follower import Follower
 
+    _export_data_dir(settings)
     # Version switches and backend outages are what an operator watches a follower for.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -4,6 +4,7 @@ every message sent before the kill ends processed or in the DLQ. Duplicates are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -41,7 +42,10 @@ def start_dev(data: Path, out: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
         return subprocess.Popen(
             [*SLUICE, "dev", APP, "--data-dir", str(data), "--port", str(free_port())],
-            env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -51,10 +55,8 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> int:
     root = psutil.Process(proc.pid)
     victims = [root, *root.children(recursive=True)]
     for p in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(victims, timeout=10)
     proc.wait()
     return len(victims)

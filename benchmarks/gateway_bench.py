@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import resource
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,12 +44,11 @@ from harness import (
     Report,
     Result,
     WrkOptions,
-    WrkResult,
     bench_env,
     console,
     flush_redis_db,
     free_port,
-    parse_wrk,
+    run_wrk,
     tree_memory,
 )
 from peers import celery_app
@@ -98,25 +96,6 @@ def post_script(directory: Path) -> Path:
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
     return path
-
-
-def run_wrk(url: str, options: WrkOptions, script: Path | None) -> WrkResult:
-    argv = [
-        "wrk",
-        f"-t{options.threads}",
-        f"-c{options.connections}",
-        f"-d{options.duration}s",
-        f"--timeout={options.timeout:g}s",
-        "--latency",
-        *(["-s", str(script)] if script is not None else []),
-        url,
-    ]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=options.duration + options.timeout + 60
-    )
-    if done.returncode != 0:
-        raise ProcessFailed(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
-    return parse_wrk(done.stdout)
 
 
 def queued(data_dir: Path, queue: str) -> int:

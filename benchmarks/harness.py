@@ -482,7 +482,8 @@ class WrkOptions:
         return {"wrk": f"-t{self.threads} -c{self.connections} -d{self.duration}s"}
 
 
-def run_wrk(url: str, options: WrkOptions = WrkOptions()) -> WrkResult:
+def run_wrk(url: str, options: WrkOptions = WrkOptions(), script: Path | None = None) -> WrkResult:
+    """wrk against ``url``; ``script`` is a wrk Lua script (e.g. to POST a body)."""
     argv = [
         "wrk",
         f"-t{options.threads}",
@@ -490,10 +491,11 @@ def run_wrk(url: str, options: WrkOptions = WrkOptions()) -> WrkResult:
         f"-d{options.duration}s",
         f"--timeout={options.timeout:g}s",
         "--latency",
+        *(["-s", str(script)] if script is not None else []),
         url,
     ]
     done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=options.duration + options.timeout + 30
+        argv, capture_output=True, text=True, timeout=options.duration + options.timeout + 60
     )
     if done.returncode != 0:
         raise ProcessFailed(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")

@@ -9,6 +9,7 @@ events) survive between calls.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from sluice.broker.contract import Broker
+from sluice.broker.groupcommit import GroupCommitWriter
 from sluice.broker.sqlite import SQLiteBroker
 from tests.servers import require_redis
 
@@ -87,3 +89,34 @@ def broker(
         run(backend.close())
         if clean is not None:
             clean()
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[tuple[GroupCommitWriter, Path, list[str]]]:
+    """A group-commit writer on a fresh database with a table ``t (v TEXT)``, and the list of
+    every statement it ran (so tests can count commits and see what shared a transaction)."""
+    path = tmp_path / "g.db"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("CREATE TABLE t (v TEXT)")
+    setup.close()
+    statements: list[str] = []
+
+    class Recording(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+            statements.append(sql)
+            return super().execute(sql, *args)
+
+    writer = GroupCommitWriter(
+        lambda: sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, factory=Recording
+        )
+    )
+    writer.start()
+    yield writer, path, statements
+    writer.stop()
+
+
+def stored(path: Path) -> list[str]:
+    """The values in table ``t``, sorted."""
+    with sqlite3.connect(path) as conn:
+        return sorted(v for (v,) in conn.execute("SELECT v FROM t"))

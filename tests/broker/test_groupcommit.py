@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +13,7 @@ import pytest
 
 from sluice.broker.groupcommit import GroupCommitWriter
 from sluice.errors import Unavailable
-from tests.broker.conftest import Run
-
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[tuple[GroupCommitWriter, Path, list[str]]]:
-    """A writer on a fresh database, and the list of COMMITs it ran."""
-    path = tmp_path / "g.db"
-    setup = sqlite3.connect(path, isolation_level=None)
-    setup.execute("CREATE TABLE t (v TEXT)")
-    setup.close()
-    commits: list[str] = []
-
-    class Counting(sqlite3.Connection):
-        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
-            if sql == "COMMIT":
-                commits.append(sql)
-            return super().execute(sql, *args)
-
-    writer = GroupCommitWriter(
-        lambda: sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, factory=Counting
-        )
-    )
-    writer.start()
-    yield writer, path, commits
-    writer.stop()
+from tests.broker.conftest import Run, stored
 
 
 def _insert(value: str, fail: BaseException | None = None) -> Any:
@@ -52,13 +26,8 @@ def _insert(value: str, fail: BaseException | None = None) -> Any:
     return op
 
 
-def _stored(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return sorted(v for (v,) in conn.execute("SELECT v FROM t"))
-
-
 def test_pending_operations_share_one_commit(writer: Any, run: Run[Any]) -> None:
-    writer, path, commits = writer
+    writer, path, statements = writer
     release = threading.Event()
 
     def blocking(conn: sqlite3.Connection) -> str:
@@ -82,8 +51,8 @@ def test_pending_operations_share_one_commit(writer: Any, run: Run[Any]) -> None
     assert (first, a, b) == ("first", "a", "b")
     assert isinstance(bad, ValueError)  # a bug in an operation surfaces as itself
     assert isinstance(locked, Unavailable)  # a database error says "not stored"
-    assert len(commits) == 2  # "first" alone, then the four others together
-    assert _stored(path) == ["a", "b", "first"]
+    assert statements.count("COMMIT") == 2  # "first" alone, then the four others together
+    assert stored(path) == ["a", "b", "first"]
 
 
 def test_stop_finishes_pending_operations(writer: Any, run: Run[Any]) -> None:
@@ -98,7 +67,7 @@ def test_stop_finishes_pending_operations(writer: Any, run: Run[Any]) -> None:
             await writer.submit(_insert("late"))
 
     run(scenario())
-    assert len(_stored(path)) == 20
+    assert len(stored(path)) == 20
 
 
 def test_unopenable_database_fails_start(tmp_path: Path) -> None:

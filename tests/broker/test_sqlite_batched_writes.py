@@ -18,38 +18,9 @@ from sluice.broker.contract import OutgoingMessage, QueueConfig
 from sluice.broker.groupcommit import GroupCommitWriter
 from sluice.broker.sqlite import SQLiteBroker
 from sluice.errors import MessageTooLarge, QueueDoesNotExist, Unavailable, ValidationError
-from tests.broker.conftest import Run
+from tests.broker.conftest import Run, stored
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[tuple[GroupCommitWriter, Path, list[str]]]:
-    """A writer on a fresh database, and the list of statements it ran."""
-    path = tmp_path / "g.db"
-    setup = sqlite3.connect(path, isolation_level=None)
-    setup.execute("CREATE TABLE t (v TEXT)")
-    setup.close()
-    statements: list[str] = []
-
-    class Recording(sqlite3.Connection):
-        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
-            statements.append(sql)
-            return super().execute(sql, *args)
-
-    writer = GroupCommitWriter(
-        lambda: sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, factory=Recording
-        )
-    )
-    writer.start()
-    yield writer, path, statements
-    writer.stop()
-
-
-def _stored(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return sorted(v for (v,) in conn.execute("SELECT v FROM t"))
 
 
 calls: list[list[str]] = []
@@ -102,7 +73,7 @@ def test_pending_items_of_one_key_run_as_one_call(writer: Any, run: Run[Any]) ->
     # After the held operation's commit: the batch alone in its transaction, without savepoint.
     after_held = statements[statements.index("COMMIT") + 1 :]
     assert after_held == ["BEGIN IMMEDIATE", "COMMIT"]
-    assert _stored(path) == ["a", "b", "c", "held"]
+    assert stored(path) == ["a", "b", "c", "held"]
 
 
 def test_a_raising_batch_fails_its_items_only(writer: Any, run: Run[Any]) -> None:
@@ -130,7 +101,7 @@ def test_a_raising_batch_fails_its_items_only(writer: Any, run: Run[Any]) -> Non
     assert isinstance(boom, ValueError) and isinstance(lost, ValueError)
     assert (held, plain_result, other) == ("held", "plain", "OTHER")
     assert calls == [["boom", "lost"], ["other"]]
-    assert _stored(path) == ["held", "other", "plain"]  # the batch's partial write rolled back
+    assert stored(path) == ["held", "other", "plain"]  # the batch's partial write rolled back
 
 
 def test_a_lone_failing_batch_rolls_back_and_the_next_commits(writer: Any, run: Run[Any]) -> None:
@@ -143,7 +114,7 @@ def test_a_lone_failing_batch_rolls_back_and_the_next_commits(writer: Any, run: 
         assert await writer.submit_batched("k", _insert_all, "after") == "AFTER"
 
     run(scenario())
-    assert _stored(path) == ["after"]
+    assert stored(path) == ["after"]
 
 
 def test_a_batch_returning_too_few_outcomes_fails_as_a_bug(writer: Any, run: Run[Any]) -> None:
@@ -158,7 +129,7 @@ def test_a_batch_returning_too_few_outcomes_fails_as_a_bug(writer: Any, run: Run
             await writer.submit_batched("k", short, "x")
 
     run(scenario())
-    assert _stored(path) == []
+    assert stored(path) == []
 
 
 def test_items_submitted_just_before_stop_fail_instead_of_hanging(
@@ -174,7 +145,7 @@ def test_items_submitted_just_before_stop_fail_instead_of_hanging(
             await asyncio.wait_for(pending, 5)
 
     run(scenario())
-    assert _stored(path) == []
+    assert stored(path) == []
 
 
 # -- the broker's batched sends ------------------------------------------------------------

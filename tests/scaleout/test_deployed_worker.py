@@ -3,7 +3,6 @@ a new one without a restart, losing no message across the switch."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import os
 import secrets
@@ -14,8 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sluice.broker.contract import OutgoingMessage
-from sluice.broker.redis import RedisBroker
+from sluice.client import Client
 from tests.scaleout.procs import SLUICE, Sluice, free_port, wait_for, wait_port, write_app
 from tests.servers import require_postgres, require_redis
 
@@ -38,15 +36,8 @@ def work(event, context):
 
 
 def send(url: str, queue: str, bodies: list[str]) -> None:
-    async def run() -> None:
-        broker = RedisBroker(url)
-        await broker.start()
-        try:
-            await broker.send(queue, [OutgoingMessage(body=b) for b in bodies])
-        finally:
-            await broker.close()
-
-    asyncio.run(run())
+    with Client(broker_url=url) as client:
+        client.send_batch(queue, bodies)
 
 
 def seen(out: Path) -> list[str]:

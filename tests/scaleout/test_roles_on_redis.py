@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sluice.broker.contract import OutgoingMessage
 from sluice.broker.redis import RedisBroker
+from sluice.client import Client
 from tests.scaleout.procs import Redis, Sluice, free_port, wait_for, wait_port, write_app
 from tests.servers import require_redis
 
@@ -65,15 +65,8 @@ def records(out: Path) -> list[list[str]]:
 
 
 def send(url: str, queue: str, bodies: list[str]) -> None:
-    async def run() -> None:
-        broker = RedisBroker(url)
-        await broker.start()
-        try:
-            await broker.send(queue, [OutgoingMessage(body=b) for b in bodies])
-        finally:
-            await broker.close()
-
-    asyncio.run(run())
+    with Client(broker_url=url) as client:
+        client.send_batch(queue, bodies)
 
 
 def queue_total(url: str, queue: str) -> int:

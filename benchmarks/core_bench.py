@@ -45,7 +45,6 @@ from harness import (
     Result,
     console,
     flush_redis_db,
-    load_average,
     measure_drain,
     measure_enqueue,
     redis_persistence,
@@ -539,10 +538,7 @@ def main(argv: Sequence[str]) -> None:
             big_peak=big_peak,
         )
     report.notes += method_notes(args.processes)
-    report.notes.append(f"load average (1/5/15 min) at the end: {load_average()}")
-    for path in report.write():
-        console().log(f"wrote {path}")
-    print(report.markdown())
+    report.finish()
 
 
 def method_notes(processes: int) -> list[str]:

@@ -201,6 +201,13 @@ class Report:
         md_path.write_text(self.markdown())
         return json_path, md_path
 
+    def finish(self) -> None:
+        """Note the load at the end, write the results files and print the table."""
+        self.notes.append(f"load average (1/5/15 min) at the end: {load_average()}")
+        for path in self.write():
+            console().log(f"wrote {path}")
+        print(self.markdown())
+
 
 def _fmt(value: Scalar) -> str:
     if isinstance(value, float):

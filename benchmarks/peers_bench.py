@@ -24,7 +24,6 @@ from harness import (
     console,
     flush_redis_db,
     free_port,
-    load_average,
     measure_drain,
     measure_enqueue,
     measure_http,
@@ -154,10 +153,7 @@ def main(argv: Sequence[str]) -> None:
             xadd_requests=args.xadd_requests,
         )
     report.notes += method_notes(args.processes)
-    report.notes.append(f"load average (1/5/15 min) at the end: {load_average()}")
-    for path in report.write():
-        console().log(f"wrote {path}")
-    print(report.markdown())
+    report.finish()
 
 
 def method_notes(processes: int) -> list[str]:

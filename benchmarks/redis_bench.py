@@ -40,7 +40,6 @@ from harness import (  # noqa: E402
     Result,
     console,
     flush_redis_db,
-    load_average,
     measure_drain,
     measure_enqueue,
     redis_persistence,
@@ -280,10 +279,7 @@ def main(argv: Sequence[str]) -> None:
         finally:
             queue.close()
     report.notes += notes(args)
-    report.notes.append(f"load average (1/5/15 min) at the end: {load_average()}")
-    for path in report.write():
-        out.log(f"wrote {path}")
-    print(report.markdown())
+    report.finish()
 
 
 def notes(args: argparse.Namespace) -> list[str]:

@@ -26,7 +26,7 @@ from gateway_bench import post_script, run_wrk
 from harness import LOG_DIR, Report, Result, WrkOptions, console
 
 from sluice.broker.sqlite import SQLiteBroker
-from sluice.dispatch.async_invoke import async_queue_config, submit_async
+from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.gateway import Gateway, GatewayConfig
 from sluice.gateway.server import HttpServer
 
@@ -70,8 +70,8 @@ async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
     await broker.start()
     for queue in app.queues.values():
         await broker.create_queue(queue)
-    for fn in app.functions.values():
-        await broker.create_queue(async_queue_config(fn))
+    for internal in async_queue_configs(app.functions.values()):
+        await broker.create_queue(internal)
     submit: Callable[[str, bytes], Awaitable[str]] = functools.partial(submit_async, broker)
     gateway = Gateway(app, broker, NoInvoker(), submit, GatewayConfig(access_log=False))
     await gateway.serve("127.0.0.1", 0)

@@ -13,7 +13,7 @@ from typing import Any
 from sluice.app import App
 from sluice.broker.contract import Broker
 from sluice.config import Settings
-from sluice.dispatch.async_invoke import async_queue_config, submit_async
+from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.dispatch.dispatcher import Dispatcher
 from sluice.errors import ValidationError
 from sluice.limits.contract import Limiter
@@ -82,8 +82,8 @@ class Platform:
         await self.broker.start()
         for queue in self.app.queues.values():
             await self.broker.create_queue(queue)
-        for fn in self.app.functions.values():
-            await self.broker.create_queue(async_queue_config(fn))
+        for queue in async_queue_configs(self.app.functions.values()):
+            await self.broker.create_queue(queue)
         self.limiter = open_limiter(s)
         self.runtime = Runtime(
             self.app_ref,

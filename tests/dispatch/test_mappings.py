@@ -182,3 +182,48 @@ def test_a_disabled_mapping_leaves_messages_waiting_until_enabled(tmp_path, out)
             await platform.close()
 
     asyncio.run(main())
+
+
+def test_a_malformed_async_invocation_goes_to_the_dlq_with_its_reason(tmp_path, out):
+    async def main() -> None:
+        platform = await start(tmp_path)
+        try:
+            # Not sent by submit_async: no RequestId / Attempt / EnqueuedAt attributes.
+            await send(platform, "_async_flaky", [{"n": 1}])
+
+            async def dead_lettered() -> bool:
+                return (await platform.broker.stats("_async_dlq")).visible == 1
+
+            await eventually(dead_lettered, timeout=10)
+            [dead] = await platform.broker.receive("_async_dlq", 10)
+            assert "malformed async invocation" in (dead.dead_letter_reason or "")
+            assert lines(out, "flaky") == []  # the function never ran it
+        finally:
+            await platform.close()
+
+    asyncio.run(main())
+
+
+def test_a_throttled_async_invocation_is_retried_and_not_counted_as_a_receive(tmp_path, out):
+    async def main() -> None:
+        platform = await start(tmp_path)
+        try:
+            sync_call = asyncio.ensure_future(
+                platform.invoke("single", orjson.dumps({"who": "sync"}))
+            )
+            await asyncio.sleep(0.2)  # the sync call holds the only slot now
+            await platform.submit("single", orjson.dumps({"who": "async"}))
+            assert (await sync_call).ok
+
+            async def ran() -> bool:
+                return any(line.startswith("async end") for line in lines(out, "single"))
+
+            await eventually(ran, timeout=15)
+            starts = [line for line in lines(out, "single") if " start " in line]
+            assert [line.split()[0] for line in starts] == ["sync", "async"]
+            assert (await platform.broker.stats("_async_dlq")).total == 0
+            assert (await platform.broker.stats("_async_single")).total == 0
+        finally:
+            await platform.close()
+
+    asyncio.run(main())

@@ -14,7 +14,7 @@ import uvloop
 
 from sluice.app import App
 from sluice.broker.sqlite import SQLiteBroker
-from sluice.dispatch.async_invoke import async_queue_config, submit_async
+from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.gateway import Gateway, GatewayConfig
 from sluice.runtime.contract import InvocationResult
 
@@ -43,7 +43,8 @@ async def main(db: Path, port_file: Path) -> None:
     broker = SQLiteBroker(db)
     await broker.start()
     await broker.create_queue(app.queues["inbox"])
-    await broker.create_queue(async_queue_config(app.functions["job"]))
+    for queue in async_queue_configs([app.functions["job"]]):
+        await broker.create_queue(queue)
     gateway = Gateway(
         app, broker, NoInvoker(), functools.partial(submit_async, broker), GatewayConfig()
     )

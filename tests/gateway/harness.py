@@ -19,7 +19,7 @@ import uvloop
 
 from sluice.app import App
 from sluice.broker.sqlite import SQLiteBroker
-from sluice.dispatch.async_invoke import async_queue_config, submit_async
+from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.errors import Throttled
 from sluice.gateway import Gateway, GatewayConfig
 from sluice.runtime.contract import InvocationResult, Invoker
@@ -100,8 +100,8 @@ class GatewayThread:
         await self.broker.start()
         for queue in self.app.queues.values():
             await self.broker.create_queue(queue)
-        for fn in self.app.functions.values():
-            await self.broker.create_queue(async_queue_config(fn))
+        for queue in async_queue_configs(self.app.functions.values()):
+            await self.broker.create_queue(queue)
         submit = functools.partial(submit_async, self.broker)
         invoker: Invoker = self.invoker
         if self.runtime_ref is not None:

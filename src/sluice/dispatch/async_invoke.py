@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -22,6 +23,10 @@ from sluice.runtime.contract import InvocationResult, Invoker
 log = logging.getLogger("sluice.dispatch")
 
 ASYNC_QUEUE_PREFIX = "_async_"
+# Where an async invocation goes that cannot be run at all: malformed, or received this many
+# times without finishing (its dispatcher crashed each time), with the reason kept.
+ASYNC_DEAD_LETTER = "_async_dlq"
+ASYNC_MAX_RECEIVES = 10
 MAX_ASYNC_PAYLOAD = 256 * 1024  # Lambda's limit for an Event invoke payload
 THROTTLE_RETRY = 1.0  # seconds; throttles are retried until the event's maximum age
 
@@ -30,15 +35,23 @@ def async_queue_name(function: str) -> str:
     return f"{ASYNC_QUEUE_PREFIX}{function}"
 
 
-def async_queue_config(spec: FunctionSpec) -> QueueConfig:
-    # The visibility timeout outlasts the function's timeout, so a crashed dispatcher's
-    # invocation comes back (once) rather than running twice concurrently.
-    return QueueConfig(
-        name=async_queue_name(spec.name),
-        visibility_timeout=spec.timeout + 30,
-        retention=max(60.0, spec.async_config.max_event_age + 3600),
-        max_message_size=MAX_ASYNC_PAYLOAD,
-    )
+def async_queue_configs(functions: Iterable[FunctionSpec]) -> list[QueueConfig]:
+    """The internal queues: the shared dead-letter queue first, then one per function."""
+    configs = [QueueConfig(name=ASYNC_DEAD_LETTER, retention=14 * 24 * 3600.0)]
+    for spec in functions:
+        # The visibility timeout outlasts the function's timeout, so a crashed dispatcher's
+        # invocation comes back (once) rather than running twice concurrently.
+        configs.append(
+            QueueConfig(
+                name=async_queue_name(spec.name),
+                visibility_timeout=spec.timeout + 30,
+                retention=max(60.0, spec.async_config.max_event_age + 3600),
+                max_message_size=MAX_ASYNC_PAYLOAD,
+                dead_letter=ASYNC_DEAD_LETTER,
+                max_receive_count=ASYNC_MAX_RECEIVES,
+            )
+        )
+    return configs
 
 
 def _attr(value: str | int | float) -> dict[str, str]:
@@ -94,9 +107,15 @@ class EventInvokeHandler:
     async def _process(self, message: Message) -> bool:
         cfg = self.spec.async_config
         attrs = message.attributes
-        request_id = attrs["RequestId"]["StringValue"]
-        attempt = int(attrs["Attempt"]["StringValue"])
-        enqueued_at = float(attrs["EnqueuedAt"]["StringValue"])
+        try:
+            request_id = attrs["RequestId"]["StringValue"]
+            attempt = int(attrs["Attempt"]["StringValue"])
+            enqueued_at = float(attrs["EnqueuedAt"]["StringValue"])
+        except (KeyError, TypeError, ValueError) as exc:
+            reason = f"malformed async invocation (not sent by submit_async): {exc!r}"
+            log.error("%s: message %s to the DLQ: %s", self._queue, message.message_id, reason)
+            await self._broker.dead_letter(self._queue, message.receipt_handle, reason)
+            return True
         payload = message.body.encode()
 
         if self._clock() - enqueued_at > cfg.max_event_age:
@@ -105,9 +124,9 @@ class EventInvokeHandler:
         try:
             result = await self._invoker.invoke(self.spec.name, payload, request_id=request_id)
         except Throttled:
-            await self._broker.change_visibility(
-                self._queue, message.receipt_handle, THROTTLE_RETRY
-            )
+            # Re-sent rather than made visible again: a throttle is retried until the event's
+            # maximum age and must not count towards the queue's receive limit.
+            await self._resend(message, dict(attrs), THROTTLE_RETRY)
             return False
         if result.ok:
             await self._finish(message, payload, request_id, attempt, result, "Success")
@@ -116,16 +135,18 @@ class EventInvokeHandler:
             delay = self._retry_delays[min(attempt, len(self._retry_delays)) - 1]
             retry_attrs = dict(attrs)
             retry_attrs["Attempt"] = _attr(attempt + 1)
-            # Send the retry before deleting this attempt: a crash in between repeats an
-            # attempt (visible as a duplicate) but never drops the event.
-            await self._broker.send(
-                self._queue,
-                [OutgoingMessage(body=message.body, attributes=retry_attrs, delay=delay)],
-            )
-            await self._broker.delete(self._queue, [message.receipt_handle])
+            await self._resend(message, retry_attrs, delay)
             return False
         await self._finish(message, payload, request_id, attempt, result, "RetriesExhausted")
         return False
+
+    async def _resend(self, message: Message, attrs: dict[str, Any], delay: float) -> None:
+        # Send before deleting this copy: a crash in between repeats an attempt (visible as a
+        # duplicate) but never drops the event.
+        await self._broker.send(
+            self._queue, [OutgoingMessage(body=message.body, attributes=attrs, delay=delay)]
+        )
+        await self._broker.delete(self._queue, [message.receipt_handle])
 
     async def _finish(
         self,

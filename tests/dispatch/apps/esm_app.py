@@ -55,3 +55,11 @@ def flaky(event, context):
     if not event.get("ok"):
         raise RuntimeError("flaky says no")
     return {"done": event["n"]}
+
+
+@app.function(reserved_concurrency=1, timeout=5)
+def single(event, context):
+    """One at a time: a second caller is throttled while this runs."""
+    _record("single", f"{event['who']} start {time.time()}")
+    time.sleep(0.6)
+    _record("single", f"{event['who']} end {time.time()}")

@@ -80,7 +80,7 @@ def to_event_request(request: Request) -> HttpRequest:
         headers=request.headers,
         body=request.body,
         client_ip=request.client[0],
-        host=request.header("host") or "",
+        # host is left empty: the events read it from the headers they decode anyway
         protocol=f"HTTP/{request.http_version}",
         request_id=request.request_id,
         time=request.time,

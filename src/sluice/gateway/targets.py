@@ -31,6 +31,7 @@ from sluice.events.http import (
 from sluice.gateway.actions import Fixed, RedirectTarget
 from sluice.gateway.backlog import BacklogGuard
 from sluice.gateway.config import GatewayConfig
+from sluice.gateway.deadlines import Deadlines
 from sluice.gateway.errors import FunctionFailed, IntegrationTimeout
 from sluice.gateway.proxy import ReverseProxy
 from sluice.gateway.validation import BodyValidator, accepted_body
@@ -137,21 +138,26 @@ class SyncFunction:
         self.invoker = c.invoker
         self.timeout = binding.timeout or c.config.integration_timeout
         self.retry_after = c.config.retry_after
+        self.deadlines = Deadlines()
 
     async def __call__(self, request: Request, params: dict[str, str]) -> Response:
         payload = self.events.event(request, params)
+        deadline = self.deadlines.start(self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await self.invoker.invoke(
-                    self.function, payload, request_id=request.request_id
-                )
-        except TimeoutError:
-            raise IntegrationTimeout(
-                f"function {self.function!r} did not answer within {self.timeout:g} s"
-            ) from None
+            result = await self.invoker.invoke(
+                self.function, payload, request_id=request.request_id
+            )
+        except asyncio.CancelledError:
+            if deadline.timed_out():
+                raise IntegrationTimeout(
+                    f"function {self.function!r} did not answer within {self.timeout:g} s"
+                ) from None
+            raise
         except Throttled as exc:
             exc.retry_after = exc.retry_after or self.retry_after
             raise
+        finally:
+            self.deadlines.finish(deadline)
         if not result.ok:
             error = result.error() or {}
             log.info("function %s failed: %s", self.function, error)

@@ -1,18 +1,18 @@
-"""The warm path's parts: whole-frame parsing, the environment's socket reader, lazy logs,
+"""The warm path's parts: the invocation channel's reader and parser, lazy logs,
 log files written behind, request ids, contexts, and stopping idle environments."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import socket
 import threading
 from pathlib import Path
 
 import orjson
 import pytest
 
-from sluice.runtime import wire
+from sluice.runtime import channel
 from sluice.runtime.context import ContextFactory, LambdaContext, RequestIds
 from sluice.runtime.contract import LOG_TAIL, InvocationResult
 from sluice.runtime.logfiles import LogFiles
@@ -22,45 +22,70 @@ from tests.runtime.conftest import started
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
-def test_whole_parses_exactly_one_frame_and_nothing_else() -> None:
-    frame = wire.encode({"op": "x"}, b"body")
-    assert wire.whole(frame) == ({"op": "x"}, b"body")
-    assert wire.whole(frame[:-1]) is None
-    assert wire.whole(frame + frame) is None
-    assert wire.whole(frame[:5]) is None
+def _request(n: int, payload: bytes, extra: bytes = b"") -> bytes:
+    return channel.encode_request(f"r-{n}".encode(), 100.0 + n, extra, payload)
 
 
-def _send_in_pieces(sock: socket.socket, data: bytes, cuts: list[int]) -> None:
+def _write_in_pieces(fd: int, data: bytes, cuts: list[int]) -> None:
     start = 0
     for cut in [*cuts, len(data)]:
-        sock.sendall(data[start:cut])
+        channel.write_all(fd, data[start:cut])
         start = cut
 
 
-def test_socket_reader_handles_split_joined_and_large_frames() -> None:
-    big = bytes(range(256)) * (3 * wire.RECV_SIZE // 256 + 7)  # spans several reads
-    frames = [({"n": 1}, b"a"), ({"n": 2}, b""), ({"n": 3}, big), ({"n": 4}, b"tail")]
-    data = b"".join(wire.encode(h, b) for h, b in frames)
-    a, b = socket.socketpair()
-    with a, b:
-        # Cut inside a prefix, inside a header, and send two frames in one piece.
-        writer = threading.Thread(target=_send_in_pieces, args=(a, data, [3, 14, 40]))
+def test_request_reader_handles_split_joined_and_large_requests() -> None:
+    big = bytes(range(256)) * (3 * channel.READ_SIZE // 256 + 7)  # spans several reads
+    extra = channel.encode_extra({"custom": {"k": 1}}, None)
+    parts = [_request(1, b"a", extra), _request(2, b""), _request(3, big), _request(4, b"x")]
+    data = b"".join(parts)
+    r, w = os.pipe()
+    try:
+        # Cut inside a fixed header, inside a request id, and send two requests in one piece.
+        writer = threading.Thread(target=_write_in_pieces, args=(w, data, [3, 20, 40]))
         writer.start()
-        reader = wire.SocketReader(b)
-        got = [reader.read() for _ in frames]
+        reader = channel.RequestReader(r)
+        got = [reader.read() for _ in range(4)]
         writer.join()
-        a.shutdown(socket.SHUT_WR)
+        os.close(w)
         assert reader.read() is None
-    assert got == frames
+    finally:
+        os.close(r)
+    assert got == [
+        channel.Request("r-1", 101.0, {"client_context": {"custom": {"k": 1}}}, b"a"),
+        channel.Request("r-2", 102.0, None, b""),
+        channel.Request("r-3", 103.0, None, big),
+        channel.Request("r-4", 104.0, None, b"x"),
+    ]
 
 
-def test_socket_reader_refuses_a_stream_that_ends_inside_a_frame() -> None:
-    a, b = socket.socketpair()
-    with a, b:
-        a.sendall(wire.encode({"n": 1}, b"body")[:-2])
-        a.shutdown(socket.SHUT_WR)
-        with pytest.raises(wire.WireError, match="inside a frame"):
-            wire.SocketReader(b).read()
+def test_request_reader_refuses_a_stream_that_ends_inside_a_request() -> None:
+    r, w = os.pipe()
+    try:
+        channel.write_all(w, _request(1, b"body")[:-2])
+        os.close(w)
+        with pytest.raises(channel.ChannelError, match="inside a request"):
+            channel.RequestReader(r).read()
+    finally:
+        os.close(r)
+
+
+def test_answer_parser_takes_whole_split_and_joined_answers() -> None:
+    one = channel.encode_answer(channel.OK, 1.5, None, 0, 2048, b"null")
+    two = channel.encode_answer(channel.ERROR, 2.5, 30.25, 17, 4096, b'{"errorType":"E"}')
+    parser = channel.AnswerParser()
+    assert parser.feed(one) == [channel.Answer(channel.OK, 1.5, None, 0, 2048, b"null")]
+    both = one + two
+    assert parser.feed(both[:5]) == []
+    assert parser.feed(both[5 : len(one) + 3]) == [parser_answer(one)]
+    assert parser.feed(both[len(one) + 3 :]) == [
+        channel.Answer(channel.ERROR, 2.5, 30.25, 17, 4096, b'{"errorType":"E"}')
+    ]
+    assert parser.feed(one + one) == [parser_answer(one), parser_answer(one)]
+
+
+def parser_answer(data: bytes) -> channel.Answer:
+    (answer,) = channel.AnswerParser().feed(data)
+    return answer
 
 
 class CountingLog:

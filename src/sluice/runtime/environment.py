@@ -1,8 +1,8 @@
 """The loop inside one execution environment (a process forked from the template).
 
-One invocation at a time: read an invoke frame, build the context, run the handler, answer with
-the serialised result or Lambda's error object. The handler's module was imported by the
-template before the fork, so nothing here imports user code.
+One invocation at a time: read a request from the invocation channel (`channel`), build the
+context, run the handler, answer with the serialised result or Lambda's error object. The
+handler's module was imported by the template before the fork, so nothing here imports user code.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import decimal
 import resource
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,11 +17,12 @@ from typing import Any
 
 import orjson
 
-from sluice.runtime import faults, wire
+from sluice.runtime import channel, faults
 from sluice.runtime.capture import OutputCapture, RequestIdFilter
 from sluice.runtime.context import ContextFactory, function_arn
 
 _DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
+_NO_EXTRA: Mapping[str, Any] = {}
 
 
 def _default(value: Any) -> Any:
@@ -71,14 +71,15 @@ class EnvironmentConfig:
 class Environment:
     def __init__(
         self,
-        sock: socket.socket,
+        requests: int,
+        answers: int,
         config: EnvironmentConfig,
         handler: Callable[[Any, Any], Any],
         capture: OutputCapture,
         stamp: RequestIdFilter,
     ) -> None:
-        self._sock = sock
-        self._reader = wire.SocketReader(sock)
+        self._reader = channel.RequestReader(requests)
+        self._answers = answers
         self._config = config
         self._handler = handler
         self._capture = capture
@@ -92,51 +93,49 @@ class Environment:
         )
 
     def serve(self) -> None:
-        """Answer invocations until the supervisor closes the socket."""
+        """Answer invocations until the supervisor closes the request pipe."""
         init_ms: float | None = None
         if not self._config.provisioned:
             init_ms = (time.monotonic() - self._config.requested_at) * 1000.0
-        while (frame := self._reader.read()) is not None:
-            header, body = self._invoke(*frame)
-            if init_ms is not None:
-                header["init"] = init_ms
-                init_ms = None
-            wire.write(self._sock, header, body)
+        read, answers = self._reader.read, self._answers
+        while (request := read()) is not None:
+            channel.write_all(answers, self._invoke(request, init_ms))
+            init_ms = None
 
-    def _invoke(self, request: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
-        request_id: str = request["id"]
+    def _invoke(self, request: channel.Request, init_ms: float | None) -> bytes:
+        """The encoded answer to one request."""
+        request_id = request.request_id
         try:
-            event = orjson.loads(payload) if payload else {}
+            event = orjson.loads(request.payload) if request.payload else {}
         except orjson.JSONDecodeError as exc:
-            return {"status": "invalid", "message": f"Could not parse request body: {exc}"}, b""
+            reason = f"Could not parse request body: {exc}".encode()
+            return channel.encode_answer(channel.INVALID, 0.0, init_ms, 0, 0, reason)
+        extra = request.extra or _NO_EXTRA
         context = self._contexts.new(
-            request_id, request["deadline"], request.get("client_context"), request.get("identity")
+            request_id, request.deadline, extra.get("client_context"), extra.get("identity")
         )
         self._capture.reset()
         self._stamp.request_id = request_id
-        status = "ok"
+        status = channel.OK
         started = time.perf_counter()
         try:
             result = self._handler(event, context)
             if hasattr(result, "__await__"):
                 result = self._event_loop().run_until_complete(result)
         except Exception as exc:
-            status, error = "error", faults.handler_error(exc, request_id)
+            status, error = channel.ERROR, faults.handler_error(exc, request_id)
         else:
             try:
                 body = orjson.dumps(result, default=_default, option=_DUMP_OPTIONS)
             except TypeError as exc:
-                status, error = "error", faults.marshal_error(exc, request_id)
+                status, error = channel.ERROR, faults.marshal_error(exc, request_id)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
-        if status == "error":
+        if status == channel.ERROR:
             self._capture.write(faults.log_line(error))
             body = orjson.dumps(error)
-        return {
-            "status": status,
-            "ms": elapsed_ms,
-            "log": self._capture.finish(),
-            "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        }, body
+        written = self._capture.finish()
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return channel.encode_answer(status, elapsed_ms, init_ms, written, rss_kb, body)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         # One loop per environment, reused, so connections a handler caches stay usable.

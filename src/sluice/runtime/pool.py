@@ -9,7 +9,6 @@ import contextlib
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from sluice.app import FunctionSpec
 from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailable
 from sluice.limits.contract import Limiter
 from sluice.limits.local import LocalLimiter
-from sluice.runtime import faults, reports
+from sluice.runtime import channel, faults, reports
 from sluice.runtime.context import RequestIds, new_log_stream_name
 from sluice.runtime.contract import InvocationResult
 from sluice.runtime.environment import EnvironmentConfig
@@ -38,6 +37,18 @@ MB = 1 << 20
 
 class _HandlerMissing(Exception):
     pass
+
+
+class _Request:
+    """One invocation's request, its parts encoded for the channel."""
+
+    __slots__ = ("extra", "id", "id_bytes", "payload")
+
+    def __init__(self, request_id: str, id_bytes: bytes, payload: bytes) -> None:
+        self.id = request_id
+        self.id_bytes = id_bytes
+        self.payload = payload
+        self.extra = b""  # client_context and identity (JSON) when the caller gave them
 
 
 class _FunctionPool:
@@ -161,14 +172,16 @@ class Runtime:
             raise FunctionNotFound(f"function {function!r} does not exist")
         if not self._started or self._closed:
             raise Unavailable("the runtime is not running")
-        request: dict[str, Any] = {"id": request_id or self._request_ids.next()}
-        if client_context:
-            request["client_context"] = dict(client_context)
-        if identity:
-            request["identity"] = dict(identity)
+        request_id = request_id or self._request_ids.next()
+        # Encoded before an environment is taken: a bad id or context harms no environment.
+        request = _Request(request_id, request_id.encode(), payload)
+        if len(request.id_bytes) > channel.MAX_ID:
+            raise ValueError(f"a request id is at most {channel.MAX_ID} bytes")
+        if client_context or identity:
+            request.extra = channel.encode_extra(client_context, identity)
         reserved = pool.spec.reserved_concurrency
         if reserved is None:  # the common case: no lease to take
-            return await self._run(pool, request, payload)
+            return await self._run(pool, request)
         key = f"reserved:{function}"
         lease = await self._limiter.acquire(key, reserved, pool.spec.timeout + LEASE_GRACE)
         if lease is None:
@@ -176,29 +189,29 @@ class Runtime:
                 f"Rate Exceeded: function {function!r} is at its reserved concurrency ({reserved})"
             )
         try:
-            return await self._run(pool, request, payload)
+            return await self._run(pool, request)
         finally:
             await self._limiter.release(key, lease)
 
-    async def _run(
-        self, pool: _FunctionPool, request: dict[str, Any], payload: bytes
-    ) -> InvocationResult:
+    async def _run(self, pool: _FunctionPool, request: _Request) -> InvocationResult:
         env = pool.take_idle()
         if env is None:
             try:
                 env = await self._spawn(pool, provisioned=False)
             except _HandlerMissing:
-                return self._handler_missing(pool.spec, request["id"])
+                return self._handler_missing(pool.spec, request.id)
         started = time.monotonic()
-        env.deadline = request["deadline"] = started + pool.spec.timeout
+        env.deadline = deadline = started + pool.spec.timeout
         env.busy = True
         self._busy.add(env)
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.create_task(self._watch(), name="sluice-runtime-monitor")
         try:
-            response, body = await env.call(request, payload)
+            answer = await env.send(
+                channel.encode_request(request.id_bytes, deadline, request.extra, request.payload)
+            )
         except EnvironmentLost:
-            return await self._stopped(pool, env, request["id"], started)
+            return await self._stopped(pool, env, request.id, started)
         except BaseException:  # cancelled mid-invocation: the handler's state is unknown
             pool.discard(env)
             raise
@@ -206,30 +219,26 @@ class Runtime:
             env.busy = False
             env.deadline = math.inf
             self._busy.discard(env)
-        return self._answered(pool, env, request["id"], response, body)
+        return self._answered(pool, env, request.id, answer)
 
     def _answered(
-        self,
-        pool: _FunctionPool,
-        env: EnvironmentHandle,
-        request_id: str,
-        response: dict[str, Any],
-        body: bytes,
+        self, pool: _FunctionPool, env: EnvironmentHandle, request_id: str, answer: channel.Answer
     ) -> InvocationResult:
-        if response["status"] == "invalid":
+        status, duration, init_ms, log_size, rss_kb, body = answer
+        if status == channel.INVALID:
             self._release(pool, env)
-            raise InvalidPayload(response["message"])
+            raise InvalidPayload(body.decode())
         spec = pool.spec
         cold, env.cold = env.cold, False
-        init_ms: float | None = response.get("init") if cold else None
         if cold:
             pool.cold_starts += 1
-        duration = float(response["ms"])
-        used = math.ceil(int(response["rss_kb"]) / 1024)
+        else:
+            init_ms = None
+        used = math.ceil(rss_kb / 1024)
         billed = reports.billed_ms(duration, init_ms)
         # The output must be read now (the environment reuses the memfd); the text is only
         # formatted if someone reads `logs` or a log file is kept.
-        output = env.read_output(response["log"]) if response["log"] else b""
+        output = env.read_output(log_size) if log_size else b""
         logs = reports.InvocationLog(
             request_id, output, duration, billed, spec.memory, used, init_ms
         )
@@ -239,7 +248,7 @@ class Runtime:
         return InvocationResult(
             request_id,
             body,
-            "Unhandled" if response["status"] == "error" else None,
+            "Unhandled" if status == channel.ERROR else None,
             logs,
             duration,
             billed,
@@ -336,16 +345,18 @@ class Runtime:
             requested_at=time.monotonic(),
             provisioned=provisioned,
         )
-        ours, theirs = socket.socketpair()
+        requests_r, requests_w = os.pipe()
+        answers_r, answers_w = os.pipe()
         memfd = os.memfd_create(f"sluice-{spec.name}", os.MFD_CLOEXEC)
         env = EnvironmentHandle(config, memfd)
         pool.envs.add(env)
         try:
-            await env.connect(ours)
             try:
-                pid = await template.fork(config, theirs.fileno(), memfd)
+                await env.connect(requests_w, answers_r)
+                pid = await template.fork(config, [requests_r, answers_w, memfd])
             finally:
-                theirs.close()
+                os.close(requests_r)
+                os.close(answers_w)
             if pid is None:
                 raise _HandlerMissing(spec.name)
             self._by_pid[pid] = env

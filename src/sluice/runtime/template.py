@@ -1,9 +1,9 @@
 """The template ("zygote") process: imports the app once, then forks environments on request.
 
 Run as ``python -m sluice.runtime.template APP_REF CONTROL_FD SUPERVISOR_PID``. Over the control
-socket the supervisor sends ``fork`` frames, each with two descriptors attached (the
-environment's end of a fresh socketpair and the memfd its output goes to); the template forks
-and answers ``forked`` with the pid. It reaps its children and reports each one's end as
+socket the supervisor sends ``fork`` frames, each with three descriptors attached (the
+environment's ends of its two invocation pipes, and the memfd its output goes to); the template
+forks and answers ``forked`` with the pid. It reaps its children and reports each one's end as
 ``exited`` with the raw wait status. It is also the subreaper of everything the environments
 spawn, so nothing a handler leaves behind becomes a zombie. Closing the control socket stops it,
 and its environments with it.
@@ -32,7 +32,7 @@ from sluice.runtime.environment import Environment, EnvironmentConfig
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-FDS_PER_FORK = 2
+FDS_PER_FORK = 3  # the request pipe's read end, the answer pipe's write end, the memfd
 
 
 def _prctl(option: int, value: int) -> None:
@@ -95,19 +95,18 @@ class Template:
         return True
 
     def _fork(self, request: dict[str, Any]) -> None:
-        sock_fd, memfd = self._pending_fds.popleft(), self._pending_fds.popleft()
+        fds = [self._pending_fds.popleft() for _ in range(FDS_PER_FORK)]
         config = EnvironmentConfig.from_header(request["config"])
         handler = self._handlers.get(config.function)
         if handler is None:
-            os.close(sock_fd)
-            os.close(memfd)
+            _close_all(fds)
             wire.write(self._control, {"op": "forked", "seq": request["seq"], "pid": None})
             return
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = self._child(sock_fd, memfd, config, handler)
+                code = self._child(fds, config, handler)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -117,14 +116,12 @@ class Template:
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)
-        os.close(sock_fd)
-        os.close(memfd)
+        _close_all(fds)
         self._children.add(pid)
         wire.write(self._control, {"op": "forked", "seq": request["seq"], "pid": pid})
 
-    def _child(
-        self, sock_fd: int, memfd: int, config: EnvironmentConfig, handler: Callable[..., Any]
-    ) -> int:
+    def _child(self, fds: list[int], config: EnvironmentConfig, handler: Callable[..., Any]) -> int:
+        requests, answers, memfd = fds
         os.setsid()  # its own process group: a kill takes everything the handler spawned
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.set_wakeup_fd(-1)
@@ -143,9 +140,11 @@ class Template:
                 config.function, config.memory, handler_name, config.log_stream, config.environment
             )
         )
+        for fd in (requests, answers):  # what a handler spawns must not hold the channel open
+            os.set_inheritable(fd, False)
         capture = OutputCapture(memfd)
         assert self._stamp is not None
-        Environment(socket.socket(fileno=sock_fd), config, handler, capture, self._stamp).serve()
+        Environment(requests, answers, config, handler, capture, self._stamp).serve()
         return 0
 
     def _reap(self) -> None:
@@ -174,6 +173,11 @@ class Template:
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,6 @@ import orjson
 PREFIX = struct.Struct("!II")
 MAX_FRAME = 1 << 30  # a sanity bound: a corrupt prefix must not make us allocate gigabytes
 SMALL_FRAME = 64 * 1024  # below this, one joined send is cheaper than a gathered sendmsg
-RECV_SIZE = 256 * 1024
 
 Frame = tuple[dict[str, Any], bytes]
 
@@ -42,19 +41,6 @@ def write(sock: socket.socket, header: dict[str, Any], body: bytes = b"") -> Non
     sent = sock.sendmsg(parts)
     if sent < total:  # interrupted part-way: finish the rest the simple way
         sock.sendall(b"".join(parts)[sent:])
-
-
-def whole(data: bytes) -> Frame | None:
-    """``data`` parsed as exactly one frame, or None if it is anything else (part of a frame,
-    several frames): the common case of a small answer arriving in one read, without copying
-    it into a buffer first."""
-    if len(data) < PREFIX.size:
-        return None
-    head_len, body_len = PREFIX.unpack_from(data)
-    if len(data) != PREFIX.size + head_len + body_len:
-        return None
-    split = PREFIX.size + head_len
-    return orjson.loads(memoryview(data)[PREFIX.size : split]), data[split:]
 
 
 def read(stream: BinaryIO) -> Frame | None:
@@ -100,41 +86,6 @@ class FrameBuffer:
             body = bytes(buf[PREFIX.size + head_len : end])
             del buf[:end]
             yield header, body
-
-
-class SocketReader:
-    """Blocking reads of whole frames straight from a socket: one ``recv_into`` a reused buffer
-    per small frame (a buffered file object makes two or three reads, and a large ``recv``
-    maps and unmaps memory on every call)."""
-
-    __slots__ = ("_buf", "_frames", "_ready", "_sock", "_view")
-
-    def __init__(self, sock: socket.socket, size: int = RECV_SIZE) -> None:
-        self._sock = sock
-        self._buf = bytearray(size)
-        self._view = memoryview(self._buf)
-        self._frames = FrameBuffer()
-        self._ready: list[Frame] = []
-
-    def read(self) -> Frame | None:
-        """The next frame; None at a clean end of stream (WireError inside a frame)."""
-        if self._ready:
-            return self._ready.pop(0)
-        view = self._view
-        while True:
-            n = self._sock.recv_into(view)
-            if not n:
-                if self._frames:
-                    raise WireError("stream ended inside a frame")
-                return None
-            if not self._frames and n >= PREFIX.size:
-                head_len, body_len = PREFIX.unpack_from(view)
-                split = PREFIX.size + head_len
-                if n == split + body_len:
-                    return orjson.loads(view[PREFIX.size : split]), bytes(view[split:n])
-            self._ready.extend(self._frames.feed(view[:n]))
-            if self._ready:
-                return self._ready.pop(0)
 
 
 def send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:

@@ -74,8 +74,9 @@ class TemplateProcess:
         self.pid = int(hello["pid"])
         self.functions = frozenset(hello.get("functions") or ())
 
-    async def fork(self, config: EnvironmentConfig, sock_fd: int, memfd: int) -> int | None:
-        """Ask for an environment; its pid, or None if the app has no such handler."""
+    async def fork(self, config: EnvironmentConfig, fds: list[int]) -> int | None:
+        """Ask for an environment, handing it ``fds`` (its ends of the invocation pipes and its
+        output memfd); its pid, or None if the app has no such handler."""
         if self._sock is None:
             raise TemplateLost()
         seq = next(self._seq)
@@ -83,7 +84,7 @@ class TemplateProcess:
         self._forks[seq] = waiter
         frame = wire.encode({"op": "fork", "seq": seq, "config": config.to_header()})
         try:
-            await self._send(frame, [sock_fd, memfd])
+            await self._send(frame, fds)
         except BaseException:
             self._forks.pop(seq, None)
             raise

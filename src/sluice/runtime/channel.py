@@ -51,6 +51,10 @@ class Answer(NamedTuple):
     body: bytes
 
 
+# A NamedTuple's own constructor is a Python function; tuple.__new__ builds one in C.
+_new = tuple.__new__
+
+
 def encode_extra(
     client_context: Mapping[str, Any] | None, identity: Mapping[str, Any] | None
 ) -> bytes:
@@ -88,7 +92,7 @@ def _request(view: memoryview | bytes) -> Request:
     start += rid_len
     extra = orjson.loads(view[start : start + more_len]) if more_len else None
     start += more_len
-    return Request(request_id, deadline, extra, bytes(view[start : start + payload_len]))
+    return _new(Request, (request_id, deadline, extra, bytes(view[start : start + payload_len])))
 
 
 def _answer_size(view: memoryview | bytearray | bytes) -> int:
@@ -98,7 +102,7 @@ def _answer_size(view: memoryview | bytearray | bytes) -> int:
 def _answer(data: memoryview | bytes) -> Answer:
     body_len, status, ms, init_ms, log, rss_kb = ANSWER.unpack_from(data)
     body = bytes(data[ANSWER.size : ANSWER.size + body_len])
-    return Answer(status, ms, None if math.isnan(init_ms) else init_ms, log, rss_kb, body)
+    return _new(Answer, (status, ms, None if math.isnan(init_ms) else init_ms, log, rss_kb, body))
 
 
 class RequestReader:

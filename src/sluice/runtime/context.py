@@ -176,14 +176,23 @@ class ContextFactory:
 
 class RequestIds:
     """UUID-shaped request ids: a random prefix per runtime and a counter, as unique within it
-    as uuid4 and a tenth of the cost."""
+    as uuid4 and a tenth of the cost. Made a batch at a time (one comprehension is cheaper than
+    a formatted string per call)."""
 
-    __slots__ = ("_count", "_prefix")
+    __slots__ = ("_count", "_prefix", "_ready")
+
+    BATCH = 256
 
     def __init__(self) -> None:
         r = os.urandom(10).hex()
         self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{(int(r[16], 16) & 3 | 8):x}{r[17:20]}-"
         self._count = itertools.count(int.from_bytes(os.urandom(4)))
+        self._ready: list[str] = []
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._count) & 0xFFFFFFFFFFFF:012x}"
+        ready = self._ready
+        if not ready:
+            prefix, count = self._prefix, self._count
+            ready += [f"{prefix}{next(count) & 0xFFFFFFFFFFFF:012x}" for _ in range(self.BATCH)]
+            ready.reverse()  # pop() from the end hands them out in counting order
+        return ready.pop()

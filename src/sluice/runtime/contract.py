@@ -16,29 +16,21 @@ LOG_TAIL = 64 * 1024  # characters of log text kept in InvocationResult.logs, as
 
 
 class InvocationResult:
-    """What one invocation gave. Immutable; ``logs`` is built from its parts on first read."""
+    """What one invocation gave. Immutable (read-only properties over private slots: plain
+    slot stores keep building one cheap on the warm path); ``logs`` is built from its parts on
+    first read."""
 
     __slots__ = (
+        "_billed_duration_ms",
+        "_cold",
+        "_duration_ms",
+        "_function_error",
+        "_init_duration_ms",
         "_logs",
-        "billed_duration_ms",
-        "cold",
-        "duration_ms",
-        "function_error",
-        "init_duration_ms",
-        "max_memory_mb",
-        "payload",
-        "request_id",
+        "_max_memory_mb",
+        "_payload",
+        "_request_id",
     )
-
-    _logs: str | LogText
-    request_id: str
-    payload: bytes  # JSON: the handler's return value, or Lambda's error object
-    function_error: str | None  # "Unhandled" (X-Amz-Function-Error) when the handler failed
-    duration_ms: float
-    billed_duration_ms: int
-    max_memory_mb: int
-    init_duration_ms: float | None  # set on a cold start
-    cold: bool
 
     def __init__(
         self,
@@ -52,27 +44,57 @@ class InvocationResult:
         init_duration_ms: float | None = None,
         cold: bool = False,
     ) -> None:
-        put = object.__setattr__
-        put(self, "request_id", request_id)
-        put(self, "payload", payload)
-        put(self, "function_error", function_error)
-        put(self, "_logs", logs)
-        put(self, "duration_ms", duration_ms)
-        put(self, "billed_duration_ms", billed_duration_ms)
-        put(self, "max_memory_mb", max_memory_mb)
-        put(self, "init_duration_ms", init_duration_ms)
-        put(self, "cold", cold)
+        self._request_id = request_id
+        self._payload = payload
+        self._function_error = function_error
+        self._logs: str | LogText = logs
+        self._duration_ms = duration_ms
+        self._billed_duration_ms = billed_duration_ms
+        self._max_memory_mb = max_memory_mb
+        self._init_duration_ms = init_duration_ms
+        self._cold = cold
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"InvocationResult is immutable (cannot set {name!r})")
+    @property
+    def request_id(self) -> str:
+        return self._request_id
+
+    @property
+    def payload(self) -> bytes:
+        """JSON: the handler's return value, or Lambda's error object."""
+        return self._payload
+
+    @property
+    def function_error(self) -> str | None:
+        """'Unhandled' (the X-Amz-Function-Error header) when the handler failed."""
+        return self._function_error
+
+    @property
+    def duration_ms(self) -> float:
+        return self._duration_ms
+
+    @property
+    def billed_duration_ms(self) -> int:
+        return self._billed_duration_ms
+
+    @property
+    def max_memory_mb(self) -> int:
+        return self._max_memory_mb
+
+    @property
+    def init_duration_ms(self) -> float | None:
+        """Set on a cold start."""
+        return self._init_duration_ms
+
+    @property
+    def cold(self) -> bool:
+        return self._cold
 
     @property
     def logs(self) -> str:
         """START/END/REPORT and everything the invocation printed or logged (the last 64 KiB)."""
         logs = self._logs
         if not isinstance(logs, str):
-            logs = logs.text()[-LOG_TAIL:]
-            object.__setattr__(self, "_logs", logs)
+            logs = self._logs = logs.text()[-LOG_TAIL:]
         return logs
 
     @property

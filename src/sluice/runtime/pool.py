@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -39,16 +39,13 @@ class _HandlerMissing(Exception):
     pass
 
 
-class _Request:
+class _Request(NamedTuple):
     """One invocation's request, its parts encoded for the channel."""
 
-    __slots__ = ("extra", "id", "id_bytes", "payload")
-
-    def __init__(self, request_id: str, id_bytes: bytes, payload: bytes) -> None:
-        self.id = request_id
-        self.id_bytes = id_bytes
-        self.payload = payload
-        self.extra = b""  # client_context and identity (JSON) when the caller gave them
+    id: str
+    id_bytes: bytes
+    payload: bytes
+    extra: bytes  # client_context and identity (JSON) when the caller gave them
 
 
 class _FunctionPool:
@@ -174,11 +171,11 @@ class Runtime:
             raise Unavailable("the runtime is not running")
         request_id = request_id or self._request_ids.next()
         # Encoded before an environment is taken: a bad id or context harms no environment.
-        request = _Request(request_id, request_id.encode(), payload)
+        request = _Request(request_id, request_id.encode(), payload, b"")
         if len(request.id_bytes) > channel.MAX_ID:
             raise ValueError(f"a request id is at most {channel.MAX_ID} bytes")
         if client_context or identity:
-            request.extra = channel.encode_extra(client_context, identity)
+            request = request._replace(extra=channel.encode_extra(client_context, identity))
         reserved = pool.spec.reserved_concurrency
         if reserved is None:  # the common case: no lease to take
             return await self._run(pool, request)

@@ -196,19 +196,82 @@ def test_concurrent_sends_share_commits_and_a_bad_one_fails_alone(
     assert received[first.message_id].md5_of_body == first.md5_of_body
 
 
-def test_a_send_that_cannot_commit_stores_nothing(tmp_path: Path, run: Run[Any]) -> None:
-    """A database capped at its current size: the insert fails for the whole batch."""
-    broker = SQLiteBroker(tmp_path / "full.db")
+def _capped_broker(path: Path, run: Run[Any], spare_pages: int) -> SQLiteBroker:
+    """A broker (not started) on a database with queue "q" that cannot grow by more than
+    ``spare_pages`` pages."""
+    broker = SQLiteBroker(path)
     run(broker.start())
     run(broker.create_queue(QueueConfig("q")))
     run(broker.close())
-    with sqlite3.connect(tmp_path / "full.db") as conn:
+    with sqlite3.connect(path) as conn:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    broker = SQLiteBroker(tmp_path / "full.db", pragmas={"max_page_count": pages})
+    return SQLiteBroker(path, pragmas={"max_page_count": pages + spare_pages})
+
+
+# -- a group of sends written by one statement outside a transaction -------------------------
+
+
+def test_a_queue_changed_since_the_last_send_is_read_again(
+    broker: SQLiteBroker, run: Run[Any]
+) -> None:
+    """The one-statement path checks rows against the queue as it last saw it; a changed queue
+    makes it decline, and the sends are checked against the new configuration instead."""
+    run(broker.send("q", [OutgoingMessage("before")]))
+    run(broker.create_queue(QueueConfig("q", max_message_size=1024, delay=60)))
+    run(broker.send("q", [OutgoingMessage("after")]))
+    stats = run(broker.stats("q"))
+    assert (stats.visible, stats.delayed) == (1, 1)
+    run(broker.delete_queue("q"))
+    with pytest.raises(QueueDoesNotExist):
+        run(broker.send("q", [OutgoingMessage("gone")]))
+
+
+def test_bodies_and_attributes_survive_the_many_row_insert(
+    broker: SQLiteBroker, run: Run[Any]
+) -> None:
+    """Sizes that need several statements and padding rows; bodies SQL or JSON could mangle."""
+    odd = ["nul\x00inside", "é😀", "'); DROP TABLE messages; --", "", '\\"', "null"]
+    attrs = {"k": {"DataType": "String", "StringValue": "v\x00"}}
+
+    async def scenario(n: int) -> list[Any]:
+        many = broker.send("q", [OutgoingMessage(f"m{i}") for i in range(n)])
+        few = [broker.send("q", [OutgoingMessage(body, attrs)]) for body in odd]
+        return await asyncio.gather(many, *few)
+
+    # The first group runs in a transaction, in two statements (more than 256 rows); the second
+    # one alone, in one statement padded to 256 rows.
+    sizes = (300, 200)
+    for n in sizes:
+        results = run(scenario(n))
+        assert len(results[0]) == n
+
+    async def receive_all() -> list[Any]:
+        got = []
+        while batch := await broker.receive("q", 100):
+            got += batch
+        return got
+
+    received = run(receive_all())
+    expected = [f"m{i}" for n in sizes for i in range(n)] + 2 * odd
+    assert sorted(m.body for m in received) == sorted(expected)
+    assert all(m.attributes == attrs for m in received if m.body in odd)
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["in-a-transaction", "alone"])
+def test_a_group_that_cannot_commit_stores_nothing(
+    tmp_path: Path, run: Run[Any], known: bool
+) -> None:
+    """A database that cannot grow: the insert fails for the whole group, every send of it gets
+    Unavailable. Once the queue is known (a send went through) the group is written by one
+    statement outside a transaction, which fails as a whole too."""
+    broker = _capped_broker(tmp_path / "full.db", run, spare_pages=1 if known else 0)
+    before = [("small",)] if known else []
 
     async def scenario() -> list[Any]:
         await broker.start()
         try:
+            if known:
+                await broker.send("q", [OutgoingMessage("small")])
             body = "b" * 200_000
             sends = [broker.send("q", [OutgoingMessage(body[: 1000 + i])]) for i in range(40)]
             return await asyncio.gather(*sends, return_exceptions=True)
@@ -218,4 +281,4 @@ def test_a_send_that_cannot_commit_stores_nothing(tmp_path: Path, run: Run[Any])
     results = run(scenario())
     assert all(isinstance(r, Unavailable) for r in results), results
     with sqlite3.connect(tmp_path / "full.db") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+        assert conn.execute("SELECT body FROM messages").fetchall() == before

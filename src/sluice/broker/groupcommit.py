@@ -12,6 +12,12 @@ three statements. A batch function validates each item before it writes anything
 outcome per item; if it raises, every item of the batch fails. The savepoint is skipped when a
 transaction holds only one operation or batch (its rollback is the transaction's).
 
+A batch may also bring an ``alone`` function, for when its items are all the writer has to do:
+it writes them in a single statement outside any transaction (SQLite commits and fsyncs such a
+statement by itself), or returns None having written nothing, and they run as usual. Each trip
+into SQLite releases the GIL and takes it back, and while the event loop holds it the writer
+waits: one trip instead of four or more (BEGIN, lookup, insert, COMMIT) lets it commit sooner.
+
 Only what a caller is promised must survive a power loss needs an fsync: an operation submitted
 with ``durable=False`` (a receive's visibility change, a delete) commits with
 ``synchronous=NORMAL`` when nothing durable shares its transaction. A process crash loses nothing
@@ -37,6 +43,8 @@ T = TypeVar("T")
 Connect = Callable[[], sqlite3.Connection]
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception to raise)
 BatchFn = Callable[[sqlite3.Connection, list[Any]], Sequence[Outcome]]
+# Writes the items in one statement that commits by itself, or returns None having written nothing.
+AloneFn = Callable[[sqlite3.Connection, list[Any]], Sequence[Outcome] | None]
 
 
 def as_unavailable(error: sqlite3.Error) -> Unavailable:
@@ -52,6 +60,7 @@ class _Op:
     items: list[Any] = field(default_factory=list)  # batched: gathered in one loop iteration
     futures: list[asyncio.Future[Any]] = field(default_factory=list)  # one per item
     durable: bool = True  # needs an fsync before its result is handed back
+    alone: AloneFn | None = None  # batched: when its items are all there is to write
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
@@ -105,16 +114,19 @@ class GroupCommitWriter:
         self._pending.put(_Op(fn, loop, future, durable=durable))
         return await future
 
-    async def submit_batched(self, key: Hashable, fn: BatchFn, item: Any) -> Any:
+    async def submit_batched(
+        self, key: Hashable, fn: BatchFn, item: Any, *, alone: AloneFn | None = None
+    ) -> Any:
         """Run ``fn(conn, items)`` once for the pending items submitted under ``key`` (all with
-        the same ``fn``); this item's outcome is returned or raised once it is committed."""
+        the same ``fn`` and ``alone``); this item's outcome is returned or raised once it is
+        committed."""
         if self._thread is None:
             raise Unavailable("the SQLite broker is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         op = self._gathering.get((loop, key))
         if op is None:
-            op = self._gathering[(loop, key)] = _Op(fn, loop, key=key)
+            op = self._gathering[(loop, key)] = _Op(fn, loop, key=key, alone=alone)
             loop.call_soon(self._hand_over, loop, key)
         op.items.append(item)
         op.futures.append(future)
@@ -185,6 +197,8 @@ class GroupCommitWriter:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         units = _units(batch)
+        if len(units) == 1 and units[0][0].alone is not None and self._ran_alone(conn, units[0]):
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
@@ -230,6 +244,25 @@ class GroupCommitWriter:
                     outcomes[id(op)] = failed
         self._resolve(batch, [outcomes[id(op)] for op in batch])
 
+    def _ran_alone(self, conn: sqlite3.Connection, unit: list[_Op]) -> bool:
+        """Run one batched unit's items in one self-committing statement; False (nothing
+        written) when its ``alone`` function declines."""
+        alone = unit[0].alone
+        assert alone is not None
+        try:
+            outcomes = alone(conn, _items(unit))
+            results = None if outcomes is None else _shares(unit, outcomes)
+        except Exception as error:  # the statement is atomic: nothing of it is stored
+            if conn.in_transaction:
+                conn.rollback()
+            gone = error if isinstance(error, sqlite3.Error) else sqlite3.Error(str(error))
+            self._resolve(unit, [(False, as_unavailable(gone))] * len(unit))
+            return True
+        if results is None:
+            return False
+        self._resolve(unit, results)
+        return True
+
     @staticmethod
     def _resolve(batch: list[_Op], outcomes: list[Outcome]) -> None:
         """One wake-up per event loop for the whole batch, not one per operation. A batched
@@ -266,14 +299,23 @@ def _run_unit(conn: sqlite3.Connection, unit: list[_Op]) -> Sequence[Outcome]:
     first = unit[0]
     if first.key is None:
         return [(True, first.fn(conn))]  # type: ignore[call-arg]
-    items = first.items if len(unit) == 1 else [item for op in unit for item in op.items]
-    outcomes = first.fn(conn, items)  # type: ignore[call-arg]
-    if len(outcomes) != len(items):
-        raise RuntimeError(f"a batch of {len(items)} items gave {len(outcomes)} outcomes")
+    return _shares(unit, first.fn(conn, _items(unit)))  # type: ignore[call-arg]
+
+
+def _items(unit: list[_Op]) -> list[Any]:
+    return unit[0].items if len(unit) == 1 else [item for op in unit for item in op.items]
+
+
+def _shares(unit: list[_Op], outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """A batch's outcomes (one per item) as each operation's share, in the order its items
+    were gathered."""
+    items = sum(len(op.items) for op in unit)
+    if len(outcomes) != items:
+        raise RuntimeError(f"a batch of {items} items gave {len(outcomes)} outcomes")
     translated = [(ok, value if ok else _translate(value)) for ok, value in outcomes]
     results: list[Outcome] = []
     start = 0
-    for op in unit:  # each operation's share, in the order its items were gathered
+    for op in unit:
         end = start + len(op.items)
         results.append((True, translated[start:end]))
         start = end

@@ -23,10 +23,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -62,28 +61,34 @@ def _ms(seconds: float) -> int:
 
 
 class _Ids:
-    """Random (version 4) UUIDs from a buffer refilled 256 ids at a time: reading the OS's
-    random source releases the GIL, and getting it back costs the event loop a thread switch
-    while the writer thread is busy."""
+    """Random (version 4) UUIDs, formatted 256 at a time: reading the OS's random source
+    releases the GIL, and getting it back costs the event loop a thread switch while the writer
+    thread is busy; formatting them in one go keeps a send's share to a list pop."""
 
     CHUNK = 256
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._hex = ""
-        self._at = 0
+        self._ready: list[str] = []
 
     def take(self, n: int) -> list[str]:
         with self._lock:
-            if self._at + 32 * n > len(self._hex):
-                self._hex = os.urandom(16 * max(n, self.CHUNK)).hex()
-                self._at = 0
-            h, start = self._hex, self._at
-            self._at = end = start + 32 * n
+            ready = self._ready
+            if len(ready) < n:
+                ready += self._fresh(max(n, self.CHUNK))
+            if n == 1:
+                return [ready.pop()]
+            taken = ready[-n:]
+            del ready[-n:]
+            return taken
+
+    @staticmethod
+    def _fresh(n: int) -> list[str]:
+        h = os.urandom(16 * n).hex()
         return [
             f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
             f"{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-            for i in range(start, end, 32)
+            for i in range(0, 32 * n, 32)
         ]
 
 
@@ -92,15 +97,72 @@ def _md5s(messages: Sequence[OutgoingMessage]) -> list[str]:
     return [md5_of_body(m.body) if isinstance(m.body, str) else "" for m in messages]
 
 
-@dataclass(frozen=True, slots=True)
-class _StandardSend:
-    """One `send` call to a standard queue, prepared for the writer."""
+class _SendQueue(NamedTuple):
+    """A queue as its sends were checked against: its row id and configuration (text and parsed)."""
+
+    id: int
+    text: str
+    config: QueueConfig
+
+
+class _StandardSend(NamedTuple):
+    """One `send` call to a standard queue, prepared for the writer (a tuple: made per send on
+    the event loop, where a frozen dataclass's __init__ costs several times more)."""
 
     queue: str
     messages: Sequence[OutgoingMessage]
     now: int
     ids: list[str]
     md5s: list[str]
+
+
+def _insert_standard(conn: sqlite3.Connection, queue: _SendQueue, values: list[Any]) -> int:
+    """Insert the rows of ``values`` (`sql.STANDARD_COLUMNS` each) if ``queue`` is unchanged;
+    the number of rows inserted: all of them, or none when the queue changed."""
+    width, most = sql.STANDARD_COLUMNS, sql.MAX_ROWS_PER_INSERT
+    inserted = 0
+    for at in range(0, len(values), most * width):
+        chunk = values[at : at + most * width]
+        rows = len(chunk) // width
+        size = 1 << (rows - 1).bit_length()  # the next power of two, padded with NULL rows
+        chunk += _PADDING[: (size - rows) * width]
+        cursor = conn.execute(sql.insert_standard(size), [*chunk, queue.id, queue.text])
+        inserted += cursor.rowcount
+    return inserted
+
+
+_PADDING = [None] * (sql.STANDARD_COLUMNS * sql.MAX_ROWS_PER_INSERT)
+
+
+def _prepare_standard(
+    queue: _SendQueue, sends: list[_StandardSend]
+) -> tuple[list[Any], list[tuple[bool, Any]]]:
+    """The rows to insert for the valid sends (flat, `sql.STANDARD_COLUMNS` per row) and every
+    send's outcome: its results, or the error that refused it alone (nothing is written here)."""
+    config = queue.config
+    default_delay = _ms(config.delay)
+    values: list[Any] = []
+    outcomes: list[tuple[bool, Any]] = []
+    for send in sends:
+        now = send.now
+        try:
+            validate_messages(config, send.messages)
+            mine: list[Any] = []
+            for m, message_id, md5 in zip(send.messages, send.ids, send.md5s, strict=True):
+                mine += (
+                    now + (default_delay if m.delay is None else _ms(m.delay)),
+                    now,
+                    message_id,
+                    md5,
+                    m.body,
+                    orjson.dumps(dict(m.attributes)).decode() if m.attributes else None,
+                )
+        except Exception as error:
+            outcomes.append((False, error))
+            continue
+        values += mine
+        outcomes.append((True, list(map(SendResult, send.ids, send.md5s))))
+    return values, outcomes
 
 
 def _parse_receipt(handle: str) -> tuple[int, int]:
@@ -171,7 +233,7 @@ class SQLiteBroker:
         self._reader = Reader(lambda: sql.connect(self.path, extra))
         self._wakeups: dict[str, asyncio.Event] = {}
         self._next_sweep: dict[int, int] = {}  # queue id -> ms; touched by the writer thread only
-        self._configs: dict[str, tuple[str, QueueConfig]] = {}  # writer thread only, as above
+        self._send_queues: dict[str, _SendQueue] = {}  # writer thread only, as above
         self._ids = _Ids()
 
     def _open_writer(self, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
@@ -253,55 +315,52 @@ class SQLiteBroker:
             # (which every commit waits for) does only the queue lookup and the insert.
             ids = self._ids.take(len(messages))
             send = _StandardSend(queue, messages, now, ids, _md5s(messages))
-            results = await self._writer.submit_batched(("send", queue), self._send_standard, send)
+            results = await self._writer.submit_batched(
+                ("send", queue), self._send_standard, send, alone=self._send_standard_alone
+            )
         self._wake(queue)
         return results
 
     def _send_standard(
         self, conn: sqlite3.Connection, sends: list[_StandardSend]
     ) -> list[tuple[bool, Any]]:
-        """Pending sends to one standard queue: one lookup, each checked, one insert."""
-        qid, config = self._queue_for_send(conn, sends[0].queue)
-        default_delay = _ms(config.delay)
-        rows: list[Row] = []
-        outcomes: list[tuple[bool, Any]] = []
-        for send in sends:
-            now = send.now
-            try:  # nothing is written here, so a bad send fails alone
-                validate_messages(config, send.messages)
-                mine = [
-                    (
-                        qid,
-                        now + (default_delay if m.delay is None else _ms(m.delay)),
-                        now,
-                        message_id,
-                        md5,
-                        m.body,
-                        orjson.dumps(dict(m.attributes)).decode() if m.attributes else None,
-                        None,
-                        None,
-                    )
-                    for m, message_id, md5 in zip(send.messages, send.ids, send.md5s, strict=True)
-                ]
-            except Exception as error:
-                outcomes.append((False, error))
-                continue
-            rows += mine
-            outcomes.append((True, list(map(SendResult, send.ids, send.md5s))))
-        conn.executemany(sql.INSERT_MESSAGE, rows)
+        """Pending sends to one standard queue, in the writer's transaction: one lookup, each
+        send checked, few inserts."""
+        queue = self._queue_for_send(conn, sends[0].queue)
+        values, outcomes = _prepare_standard(queue, sends)
+        if _insert_standard(conn, queue, values) * sql.STANDARD_COLUMNS != len(values):
+            raise RuntimeError(f"queue {queue.config.name!r} changed within a transaction")
         return outcomes
 
-    def _queue_for_send(self, conn: sqlite3.Connection, name: str) -> tuple[int, QueueConfig]:
+    def _send_standard_alone(
+        self, conn: sqlite3.Connection, sends: list[_StandardSend]
+    ) -> list[tuple[bool, Any]] | None:
+        """The same sends as one statement outside any transaction (it commits, and fsyncs, by
+        itself), checked against the queue as it last was: a single trip into SQLite for the
+        whole group. None when that cannot be done; then `_send_standard` runs them."""
+        queue = self._send_queues.get(sends[0].queue)
+        if queue is None:
+            return None
+        values, outcomes = _prepare_standard(queue, sends)
+        if not values or len(values) > sql.STANDARD_COLUMNS * sql.MAX_ROWS_PER_INSERT:
+            return None
+        if _insert_standard(conn, queue, values) == 0:
+            return None  # the queue changed or is gone: nothing was stored
+        return outcomes
+
+    def _queue_for_send(self, conn: sqlite3.Connection, name: str) -> _SendQueue:
         """`_find_queue`, parsing a queue's configuration only when its text changed."""
         row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
         if row is None:
+            self._send_queues.pop(name, None)
             raise QueueDoesNotExist(f"queue {name!r} does not exist")
-        cached = self._configs.get(name)
-        if cached is None or cached[0] != row[1]:
-            if len(self._configs) >= CONFIG_CACHE_SIZE:
-                self._configs.clear()
-            cached = self._configs[name] = (row[1], QueueConfig.from_dict(orjson.loads(row[1])))
-        return row[0], cached[1]
+        cached = self._send_queues.get(name)
+        if cached is None or cached.id != row[0] or cached.text != row[1]:
+            if len(self._send_queues) >= CONFIG_CACHE_SIZE:
+                self._send_queues.clear()
+            config = QueueConfig.from_dict(orjson.loads(row[1]))
+            cached = self._send_queues[name] = _SendQueue(row[0], row[1], config)
+        return cached
 
     def _send_fifo(
         self,

@@ -57,6 +57,32 @@ INSERT_MESSAGE = (
     " group_id, dedup_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# A standard queue's messages (no group or deduplication id), many rows per statement: each
+# statement releases and retakes the GIL once (executemany does that once per row), and the
+# event loop pays for every time the writer thread takes the GIL back. A statement inserts only
+# if the queue still has the id and configuration the rows were checked against, so it needs no
+# lookup before it in the same transaction.
+STANDARD_COLUMNS = 6  # visible_at, sent_at, message_id, md5, body, attributes
+MAX_ROWS_PER_INSERT = 256
+
+
+def insert_standard(rows: int) -> str:
+    """The INSERT of up to ``rows`` standard messages (rows whose message id is NULL are padding),
+    parameters: `STANDARD_COLUMNS` per row, then the queue's id and configuration text. ``rows``
+    is a power of two up to `MAX_ROWS_PER_INSERT`, so only a few texts are prepared and cached."""
+    return _INSERT_STANDARD[rows]
+
+
+_INSERT_STANDARD = {
+    # Starts with INSERT, not WITH: Python's sqlite3 reports a rowcount for the former only.
+    n: "INSERT INTO messages (qid, visible_at, sent_at, message_id, md5, body, attributes)"
+    " SELECT q.id, v.column1, v.column2, v.column3, v.column4, v.column5, v.column6"
+    " FROM queues AS q CROSS JOIN (VALUES "
+    + ", ".join(["(?, ?, ?, ?, ?, ?)"] * n)
+    + ") AS v WHERE q.id = ? AND q.config = ? AND v.column3 IS NOT NULL"
+    for n in (1 << i for i in range(MAX_ROWS_PER_INSERT.bit_length()))
+}
+
 # Columns every statement that hands out messages returns, in this order.
 MESSAGE_COLUMNS = (
     "id, message_id, body, attributes, receive_count, sent_at, first_receive, md5,"

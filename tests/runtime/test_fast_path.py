@@ -51,10 +51,10 @@ def test_request_reader_handles_split_joined_and_large_requests() -> None:
     finally:
         os.close(r)
     assert got == [
-        channel.Request("r-1", 101.0, {"client_context": {"custom": {"k": 1}}}, b"a"),
-        channel.Request("r-2", 102.0, None, b""),
-        channel.Request("r-3", 103.0, None, big),
-        channel.Request("r-4", 104.0, None, b"x"),
+        ("r-1", 101.0, {"client_context": {"custom": {"k": 1}}}, b"a"),
+        ("r-2", 102.0, None, b""),
+        ("r-3", 103.0, None, big),
+        ("r-4", 104.0, None, b"x"),
     ]
 
 
@@ -73,12 +73,12 @@ def test_answer_parser_takes_whole_split_and_joined_answers() -> None:
     one = channel.encode_answer(channel.OK, 1.5, None, 0, 2048, b"null")
     two = channel.encode_answer(channel.ERROR, 2.5, 30.25, 17, 4096, b'{"errorType":"E"}')
     parser = channel.AnswerParser()
-    assert parser.feed(one) == [channel.Answer(channel.OK, 1.5, None, 0, 2048, b"null")]
+    assert parser.feed(one) == [(channel.OK, 1.5, None, 0, 2048, b"null")]
     both = one + two
     assert parser.feed(both[:5]) == []
     assert parser.feed(both[5 : len(one) + 3]) == [parser_answer(one)]
     assert parser.feed(both[len(one) + 3 :]) == [
-        channel.Answer(channel.ERROR, 2.5, 30.25, 17, 4096, b'{"errorType":"E"}')
+        (channel.ERROR, 2.5, 30.25, 17, 4096, b'{"errorType":"E"}')
     ]
     assert parser.feed(one + one) == [parser_answer(one), parser_answer(one)]
 

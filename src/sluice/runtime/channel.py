@@ -18,7 +18,7 @@ import math
 import os
 import struct
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
@@ -27,7 +27,7 @@ MAX_ID = 0xFFFF
 ANSWER = struct.Struct("<IBddQQ")  # body length, status, ms, init ms (NaN: none), log, rss kB
 OK, ERROR, INVALID = 0, 1, 2
 NO_INIT = math.nan
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024  # os.read allocates this much: a larger size costs an mmap per read
 MAX_FRAME = 1 << 30  # a sanity bound: a corrupt header must not make us allocate gigabytes
 
 
@@ -35,24 +35,14 @@ class ChannelError(Exception):
     """The peer sent something that is not a frame, or stopped inside one."""
 
 
-class Request(NamedTuple):
-    request_id: str
-    deadline: float
-    extra: dict[str, Any] | None  # client_context and identity, when the caller gave them
-    payload: bytes
+# A request: its id, deadline (time.monotonic()), extra (client_context and identity, when the
+# caller gave them) and payload. Requests and answers are plain tuples: each is unpacked at
+# once, and building a NamedTuple costs several times as much.
+Request = tuple[str, float, dict[str, Any] | None, bytes]
 
-
-class Answer(NamedTuple):
-    status: int
-    ms: float
-    init_ms: float | None
-    log: int  # bytes the invocation wrote to its output
-    rss_kb: int  # the environment's peak RSS so far
-    body: bytes
-
-
-# A NamedTuple's own constructor is a Python function; tuple.__new__ builds one in C.
-_new = tuple.__new__
+# An answer: status, ms, init ms (None: none), bytes the invocation wrote to its output, the
+# environment's peak RSS so far (kB), body.
+Answer = tuple[int, float, float | None, int, int, bytes]
 
 
 def encode_extra(
@@ -70,7 +60,7 @@ def encode_extra(
 def encode_request(request_id: bytes, deadline: float, extra: bytes, payload: bytes) -> bytes:
     """``request_id`` is UTF-8 (at most MAX_ID bytes); ``extra`` from `encode_extra`."""
     head = REQUEST.pack(len(payload), len(request_id), len(extra), deadline)
-    return b"".join((head, request_id, extra, payload))
+    return head + request_id + extra + payload  # cheaper than a join for these few parts
 
 
 def encode_answer(
@@ -80,52 +70,49 @@ def encode_answer(
     return ANSWER.pack(len(body), status, ms, init, log, rss_kb) + body
 
 
-def _request_size(view: memoryview | bytearray) -> int:
-    payload, rid, more, _ = REQUEST.unpack_from(view)
+def _request_size(data: bytes | bytearray) -> int:
+    payload, rid, more, _ = REQUEST.unpack_from(data)
     return REQUEST.size + rid + more + payload
 
 
-def _request(view: memoryview | bytes) -> Request:
-    payload_len, rid_len, more_len, deadline = REQUEST.unpack_from(view)
-    start = REQUEST.size
-    request_id = str(view[start : start + rid_len], "utf-8")
-    start += rid_len
-    extra = orjson.loads(view[start : start + more_len]) if more_len else None
+def _request(data: bytes, head: tuple[int, int, int, float]) -> Request:
+    """The request in ``data`` (exactly one frame), whose header ``head`` is unpacked."""
+    payload_len, rid_len, more_len, deadline = head
+    start = REQUEST.size + rid_len
+    request_id = data[REQUEST.size : start].decode()
+    extra = orjson.loads(data[start : start + more_len]) if more_len else None
     start += more_len
-    return _new(Request, (request_id, deadline, extra, bytes(view[start : start + payload_len])))
+    return (request_id, deadline, extra, data[start : start + payload_len])
 
 
-def _answer_size(view: memoryview | bytearray | bytes) -> int:
-    return ANSWER.size + ANSWER.unpack_from(view)[0]
-
-
-def _answer(data: memoryview | bytes) -> Answer:
-    body_len, status, ms, init_ms, log, rss_kb = ANSWER.unpack_from(data)
-    body = bytes(data[ANSWER.size : ANSWER.size + body_len])
-    return _new(Answer, (status, ms, None if math.isnan(init_ms) else init_ms, log, rss_kb, body))
+def _answer(head: tuple[int, int, float, float, int, int], body: bytes) -> Answer:
+    """The answer whose header ``head`` is unpacked."""
+    _, status, ms, init_ms, log, rss_kb = head
+    return (status, ms, None if math.isnan(init_ms) else init_ms, log, rss_kb, body)
 
 
 class RequestReader:
-    """The environment's blocking reads of requests from its pipe: one ``readv`` into a reused
-    buffer for the usual small request, more only when it is larger."""
+    """The environment's blocking reads of requests from its pipe. The usual small request
+    arrives whole in one ``read``: its header is unpacked once and its parts sliced from the
+    bytes read. A larger one (or a pipe that gave more or less) is gathered in a buffer."""
 
-    __slots__ = ("_buf", "_fd", "_pending", "_view")
+    __slots__ = ("_fd", "_pending")
 
-    def __init__(self, fd: int, size: int = READ_SIZE) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._buf = bytearray(size)
-        self._view = memoryview(self._buf)
         self._pending = bytearray()  # a frame that did not fit in one read, or what followed it
 
     def read(self) -> Request | None:
         """The next request; None at a clean end of stream (ChannelError inside a frame)."""
         if not self._pending:
-            n = os.readv(self._fd, [self._view])
-            if n >= REQUEST.size and n == _request_size(self._view):
-                return _request(self._view)
-            if not n:
+            data = os.read(self._fd, READ_SIZE)
+            if len(data) >= REQUEST.size:
+                head = REQUEST.unpack_from(data)
+                if len(data) == REQUEST.size + head[0] + head[1] + head[2]:
+                    return _request(data, head)
+            elif not data:
                 return None
-            self._pending += self._view[:n]
+            self._pending += data
         return self._read_pending()
 
     def _read_pending(self) -> Request:
@@ -133,21 +120,23 @@ class RequestReader:
         while len(pending) < REQUEST.size or len(pending) < _request_size(pending):
             if len(pending) >= REQUEST.size and _request_size(pending) > MAX_FRAME:
                 raise ChannelError(f"request of {_request_size(pending)} bytes is over the limit")
-            n = os.readv(self._fd, [self._view])
-            if not n:
+            data = os.read(self._fd, READ_SIZE)
+            if not data:
                 raise ChannelError("stream ended inside a request")
-            pending += self._view[:n]
+            pending += data
         size = _request_size(pending)
-        request = _request(bytes(pending[:size]))
+        frame = bytes(pending[:size])
         del pending[:size]
-        return request
+        return _request(frame, REQUEST.unpack_from(frame))
 
 
 def write_all(fd: int, data: bytes) -> None:
     """Blocking write of all of ``data`` (a pipe takes a large write in pieces)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 class AnswerParser:
@@ -160,18 +149,21 @@ class AnswerParser:
 
     def feed(self, data: bytes) -> list[Answer]:
         buf = self._buf
-        # The usual answer arrives whole in one read: parse it in place, no buffering.
-        if not buf and len(data) >= ANSWER.size and len(data) == _answer_size(data):
-            return [_answer(data)]
+        # The usual answer arrives whole in one read: parse it as it is, no buffering.
+        if not buf and len(data) >= ANSWER.size:
+            head = ANSWER.unpack_from(data)
+            if len(data) == ANSWER.size + head[0]:
+                return [_answer(head, data[ANSWER.size :])]
         buf += data
         answers = []
         while len(buf) >= ANSWER.size:
-            size = _answer_size(buf)
+            head = ANSWER.unpack_from(buf)
+            size = ANSWER.size + head[0]
             if size > MAX_FRAME:
                 raise ChannelError(f"answer of {size} bytes is over the limit")
             if len(buf) < size:
                 break
-            with memoryview(buf) as view:
-                answers.append(_answer(view[:size]))
+            with memoryview(buf) as view:  # released before buf is resized
+                answers.append(_answer(head, bytes(view[ANSWER.size : size])))
             del buf[:size]
         return answers

@@ -49,12 +49,16 @@ def lambda_environment(
 
 
 class CognitoIdentity:
-    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+    """Fields not given read as None from the class: the usual invocation has no identity, and
+    an instance with nothing to store is a fraction of the cost of one with both fields set."""
 
-    def __init__(self, identity: Mapping[str, Any] | None) -> None:
-        identity = identity or {}
-        self.cognito_identity_id: str | None = identity.get("cognito_identity_id")
-        self.cognito_identity_pool_id: str | None = identity.get("cognito_identity_pool_id")
+    cognito_identity_id: str | None = None
+    cognito_identity_pool_id: str | None = None
+
+    def __init__(self, identity: Mapping[str, Any] | None = None) -> None:
+        if identity:
+            self.cognito_identity_id = identity.get("cognito_identity_id")
+            self.cognito_identity_pool_id = identity.get("cognito_identity_pool_id")
 
 
 class Client:
@@ -133,6 +137,9 @@ class LambdaContext:
         )
 
 
+_new_object = object.__new__  # an instance without calling __init__
+
+
 class ContextFactory:
     """Makes each invocation's `LambdaContext` in one environment. The fields that are the same
     for every invocation there are computed once; only the request's own are set per call."""
@@ -168,7 +175,7 @@ class ContextFactory:
         context.aws_request_id = request_id
         context.log_group_name = self._log_group
         context.log_stream_name = self._log_stream
-        context.identity = CognitoIdentity(identity)
+        context.identity = CognitoIdentity(identity) if identity else _new_object(CognitoIdentity)
         context.client_context = ClientContext(client_context) if client_context else None
         context._deadline = deadline
         return context
@@ -176,23 +183,22 @@ class ContextFactory:
 
 class RequestIds:
     """UUID-shaped request ids: a random prefix per runtime and a counter, as unique within it
-    as uuid4 and a tenth of the cost. Made a batch at a time (one comprehension is cheaper than
-    a formatted string per call)."""
+    as uuid4 and a tenth of the cost. Made 256 at a time: the counter counts blocks of 256 ids,
+    whose last two hex digits are the 256 pairs (one concatenation an id, no formatting)."""
 
-    __slots__ = ("_count", "_prefix", "_ready")
+    __slots__ = ("_blocks", "_prefix", "_ready")
 
-    BATCH = 256
+    _LOW = [f"{i:02x}" for i in range(256)]
 
     def __init__(self) -> None:
         r = os.urandom(10).hex()
         self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{(int(r[16], 16) & 3 | 8):x}{r[17:20]}-"
-        self._count = itertools.count(int.from_bytes(os.urandom(4)))
+        self._blocks = itertools.count(int.from_bytes(os.urandom(4)))
         self._ready: list[str] = []
 
     def next(self) -> str:
         ready = self._ready
         if not ready:
-            prefix, count = self._prefix, self._count
-            ready += [f"{prefix}{next(count) & 0xFFFFFFFFFFFF:012x}" for _ in range(self.BATCH)]
-            ready.reverse()  # pop() from the end hands them out in counting order
+            head = f"{self._prefix}{next(self._blocks) & 0xFFFFFFFFFF:010x}"
+            ready += [head + low for low in reversed(self._LOW)]  # pop() takes them in order
         return ready.pop()

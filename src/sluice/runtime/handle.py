@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from sluice.runtime import channel
 from sluice.runtime.environment import EnvironmentConfig
@@ -22,10 +23,11 @@ class EnvironmentLost(Exception):
 class _Answers(asyncio.Protocol):
     """The answer pipe's protocol: hands each answer to the invocation waiting for it."""
 
-    __slots__ = ("_parser", "closed", "waiter")
+    __slots__ = ("_on_closed", "_parser", "closed", "waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, on_closed: Callable[[], None]) -> None:
         self._parser = channel.AnswerParser()
+        self._on_closed = on_closed
         self.waiter: asyncio.Future[channel.Answer] | None = None
         self.closed = False
 
@@ -37,6 +39,7 @@ class _Answers(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._on_closed()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(EnvironmentLost())
@@ -57,13 +60,14 @@ class EnvironmentHandle:
         self.deadline = float("inf")
         self.kill_reason: str | None = None  # "timeout" | "oom" | "closed"
         self.peak_rss = 0
+        self.alive = True  # until its process exits or its answer pipe closes
         self._loop = asyncio.get_running_loop()
         self.exit_status: asyncio.Future[int | None] = self._loop.create_future()
         self._limit = config.memory << 20
         self._statm: int | None = None
         self._requests: asyncio.WriteTransport | None = None
         self._answer_pipe: asyncio.ReadTransport | None = None
-        self._answers = _Answers()
+        self._answers = _Answers(self._answer_pipe_closed)
 
     async def connect(self, requests: int, answers: int) -> None:
         """Take over our ends of the invocation pipes (the write end of the requests', the
@@ -81,9 +85,8 @@ class EnvironmentHandle:
         if self.kill_reason is not None:  # killed before we knew whom to kill
             self._signal()
 
-    @property
-    def alive(self) -> bool:
-        return not self._answers.closed and not self.exit_status.done()
+    def _answer_pipe_closed(self) -> None:
+        self.alive = False
 
     def send(self, request: bytes) -> asyncio.Future[channel.Answer]:
         """Send one encoded request; the future is its answer, or fails with EnvironmentLost
@@ -151,6 +154,7 @@ class EnvironmentHandle:
             return b""
 
     def exited(self, status: int | None) -> None:
+        self.alive = False
         if not self.exit_status.done():
             self.exit_status.set_result(status)
 

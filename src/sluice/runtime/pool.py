@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
@@ -37,15 +37,6 @@ MB = 1 << 20
 
 class _HandlerMissing(Exception):
     pass
-
-
-class _Request(NamedTuple):
-    """One invocation's request, its parts encoded for the channel."""
-
-    id: str
-    id_bytes: bytes
-    payload: bytes
-    extra: bytes  # client_context and identity (JSON) when the caller gave them
 
 
 class _FunctionPool:
@@ -98,6 +89,7 @@ class Runtime:
         self._template: TemplateProcess | None = None
         self._template_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
+        self._watching = False  # the monitor runs (it stops when nothing is busy)
         self._reaper: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -171,14 +163,15 @@ class Runtime:
             raise Unavailable("the runtime is not running")
         request_id = request_id or self._request_ids.next()
         # Encoded before an environment is taken: a bad id or context harms no environment.
-        request = _Request(request_id, request_id.encode(), payload, b"")
-        if len(request.id_bytes) > channel.MAX_ID:
+        id_bytes = request_id.encode()
+        if len(id_bytes) > channel.MAX_ID:
             raise ValueError(f"a request id is at most {channel.MAX_ID} bytes")
+        extra = b""
         if client_context or identity:
-            request = request._replace(extra=channel.encode_extra(client_context, identity))
+            extra = channel.encode_extra(client_context, identity)
         reserved = pool.spec.reserved_concurrency
         if reserved is None:  # the common case: no lease to take
-            return await self._run(pool, request)
+            return await self._run(pool, request_id, id_bytes, extra, payload)
         key = f"reserved:{function}"
         lease = await self._limiter.acquire(key, reserved, pool.spec.timeout + LEASE_GRACE)
         if lease is None:
@@ -186,29 +179,31 @@ class Runtime:
                 f"Rate Exceeded: function {function!r} is at its reserved concurrency ({reserved})"
             )
         try:
-            return await self._run(pool, request)
+            return await self._run(pool, request_id, id_bytes, extra, payload)
         finally:
             await self._limiter.release(key, lease)
 
-    async def _run(self, pool: _FunctionPool, request: _Request) -> InvocationResult:
+    async def _run(
+        self, pool: _FunctionPool, request_id: str, id_bytes: bytes, extra: bytes, payload: bytes
+    ) -> InvocationResult:
+        """Run one request (its id, and extra from `channel.encode_extra`) on an environment."""
         env = pool.take_idle()
         if env is None:
             try:
                 env = await self._spawn(pool, provisioned=False)
             except _HandlerMissing:
-                return self._handler_missing(pool.spec, request.id)
+                return self._handler_missing(pool.spec, request_id)
         started = time.monotonic()
         env.deadline = deadline = started + pool.spec.timeout
         env.busy = True
         self._busy.add(env)
-        if self._monitor is None or self._monitor.done():
+        if not self._watching:
+            self._watching = True
             self._monitor = asyncio.create_task(self._watch(), name="sluice-runtime-monitor")
         try:
-            answer = await env.send(
-                channel.encode_request(request.id_bytes, deadline, request.extra, request.payload)
-            )
+            answer = await env.send(channel.encode_request(id_bytes, deadline, extra, payload))
         except EnvironmentLost:
-            return await self._stopped(pool, env, request.id, started)
+            return await self._stopped(pool, env, request_id, started)
         except BaseException:  # cancelled mid-invocation: the handler's state is unknown
             pool.discard(env)
             raise
@@ -216,7 +211,7 @@ class Runtime:
             env.busy = False
             env.deadline = math.inf
             self._busy.discard(env)
-        return self._answered(pool, env, request.id, answer)
+        return self._answered(pool, env, request_id, answer)
 
     def _answered(
         self, pool: _FunctionPool, env: EnvironmentHandle, request_id: str, answer: channel.Answer
@@ -394,11 +389,14 @@ class Runtime:
 
     async def _watch(self) -> None:
         """While anything runs, check deadlines and memory every poll interval."""
-        while self._busy:
-            await asyncio.sleep(self._poll_interval)
-            now = time.monotonic()
-            for env in list(self._busy):
-                env.check(now)
+        try:
+            while self._busy:
+                await asyncio.sleep(self._poll_interval)
+                now = time.monotonic()
+                for env in list(self._busy):
+                    env.check(now)
+        finally:
+            self._watching = False
 
     async def _reap_loop(self) -> None:
         idle_timeouts = [p.spec.idle_timeout for p in self._pools.values()] or [60.0]

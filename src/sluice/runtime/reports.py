@@ -18,7 +18,8 @@ def end_line(request_id: str) -> str:
 
 def billed_ms(duration_ms: float, init_ms: float | None) -> int:
     """Lambda bills each started millisecond, and (since August 2025) the init phase too."""
-    return max(1, math.ceil(duration_ms + (init_ms or 0.0)))
+    billed = math.ceil(duration_ms if init_ms is None else duration_ms + init_ms)
+    return billed if billed > 1 else 1
 
 
 def report_line(

@@ -122,7 +122,10 @@ class Template:
 
     def _child(self, fds: list[int], config: EnvironmentConfig, handler: Callable[..., Any]) -> int:
         requests, answers, memfd = fds
-        os.setsid()  # its own process group: a kill takes everything the handler spawned
+        # Its own process group, so a kill takes everything the handler spawned; not its own
+        # session (setsid): Linux gives each session its own scheduling autogroup, and a wakeup
+        # across groups costs the warm path's round trip about 3 us of its ~8.
+        os.setpgid(0, 0)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -16,7 +16,7 @@ import pytest
 
 from sluice.broker.contract import OutgoingMessage, QueueConfig
 from sluice.broker.groupcommit import GroupCommitWriter
-from sluice.broker.sqlite import SQLiteBroker
+from sluice.broker.sqlite import SQLiteBroker, _Ids
 from sluice.errors import MessageTooLarge, QueueDoesNotExist, Unavailable, ValidationError
 from tests.broker.conftest import Run, stored
 
@@ -282,3 +282,11 @@ def test_a_group_that_cannot_commit_stores_nothing(
     assert all(isinstance(r, Unavailable) for r in results), results
     with sqlite3.connect(tmp_path / "full.db") as conn:
         assert conn.execute("SELECT body FROM messages").fetchall() == before
+
+
+def test_message_ids_are_unique_across_broker_instances() -> None:
+    # Ids are a per-instance random prefix and a counter: a restarted broker must not repeat
+    # the ids of the one before it, whose counter started at the same value.
+    before, after = _Ids().take(300), _Ids().take(300)
+    assert len(set(before) | set(after)) == 600
+    assert all(UUID4.match(i) for i in before + after)

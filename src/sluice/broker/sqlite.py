@@ -17,10 +17,10 @@ Expired messages are never delivered; they are deleted at most once a minute per
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -61,35 +61,22 @@ def _ms(seconds: float) -> int:
 
 
 class _Ids:
-    """Random (version 4) UUIDs, formatted 256 at a time: reading the OS's random source
-    releases the GIL, and getting it back costs the event loop a thread switch while the writer
-    thread is busy; formatting them in one go keeps a send's share to a list pop."""
-
-    CHUNK = 256
+    """Message ids shaped as version 4 UUIDs: 74 random bits drawn once per broker, then a
+    48-bit counter. As unique as random UUIDs (a repeat needs two brokers to draw the same
+    prefix) at a fraction of the cost on the event loop, where each send takes one; nothing
+    looks a message up by its id, so that ids of one broker share a prefix gives nothing away."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ready: list[str] = []
+        r = os.urandom(10).hex()
+        variant = "89ab"[int(r[16], 16) & 3]
+        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-{variant}{r[17:20]}-"
+        self._counter = itertools.count()  # next() on it is atomic: no lock for other threads
 
     def take(self, n: int) -> list[str]:
-        with self._lock:
-            ready = self._ready
-            if len(ready) < n:
-                ready += self._fresh(max(n, self.CHUNK))
-            if n == 1:
-                return [ready.pop()]
-            taken = ready[-n:]
-            del ready[-n:]
-            return taken
-
-    @staticmethod
-    def _fresh(n: int) -> list[str]:
-        h = os.urandom(16 * n).hex()
-        return [
-            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
-            f"{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-            for i in range(0, 32 * n, 32)
-        ]
+        prefix, counter = self._prefix, self._counter
+        if n == 1:
+            return [f"{prefix}{next(counter) & 0xFFFFFFFFFFFF:012x}"]
+        return [f"{prefix}{next(counter) & 0xFFFFFFFFFFFF:012x}" for _ in range(n)]
 
 
 def _md5s(messages: Sequence[OutgoingMessage]) -> list[str]:

@@ -240,7 +240,7 @@ class QueueTarget:
                 raise ValidationError(
                     f"queue {self.queue!r} is FIFO: send the {GROUP_ID_HEADER} header"
                 )
-        return OutgoingMessage(body, attributes, group_id=group, deduplication_id=dedup)
+        return OutgoingMessage(body, attributes, None, group, dedup)
 
 
 def build_target(target: Target, binding: Binding, c: Collaborators) -> Endpoint:

@@ -112,6 +112,28 @@ def test_os_exit_is_an_exit_error_and_the_environment_is_replaced(run) -> None:
     run(body())
 
 
+def test_a_corrupted_answer_fails_the_invocation_and_replaces_the_environment(run) -> None:
+    """Garbage on the answer pipe (a handler writing to a stray descriptor) cannot be taken for
+    an answer: the invocation fails with Lambda's runtime error, the environment is discarded,
+    and the next invocation starts a fresh one."""
+
+    async def body() -> None:
+        runtime = await started("faulty.py")
+        try:
+            result = await runtime.invoke("scribble", b"{}", request_id="r-scribble")
+            assert runtime.status()["scribble"]["warm"] == 0
+            again = await runtime.invoke("scribble", b"{}")
+            healthy = await runtime.invoke("pid", b"{}")
+        finally:
+            await runtime.close()
+        assert result.function_error == "Unhandled"
+        assert result.error()["errorType"] == "Runtime.ExitError"  # type: ignore[index]
+        assert again.cold and again.function_error == "Unhandled"
+        assert healthy.ok
+
+    run(body())
+
+
 def test_environment_killed_from_outside_while_idle_is_replaced(run) -> None:
     async def body() -> None:
         runtime = await started("faulty.py")

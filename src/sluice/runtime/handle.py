@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -15,6 +16,8 @@ from sluice.runtime.environment import EnvironmentConfig
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MAX_CAPTURE = 16 << 20  # at most this much of one invocation's output is kept (the tail)
 
+log = logging.getLogger("sluice.runtime")
+
 
 class EnvironmentLost(Exception):
     """The environment's answer pipe closed: its process ended (or was killed) mid-invocation."""
@@ -23,16 +26,24 @@ class EnvironmentLost(Exception):
 class _Answers(asyncio.Protocol):
     """The answer pipe's protocol: hands each answer to the invocation waiting for it."""
 
-    __slots__ = ("_on_closed", "_parser", "closed", "waiter")
+    __slots__ = ("_on_closed", "_on_corrupt", "_parser", "closed", "waiter")
 
-    def __init__(self, on_closed: Callable[[], None]) -> None:
+    def __init__(
+        self, on_closed: Callable[[], None], on_corrupt: Callable[[channel.ChannelError], None]
+    ) -> None:
         self._parser = channel.AnswerParser()
         self._on_closed = on_closed
+        self._on_corrupt = on_corrupt
         self.waiter: asyncio.Future[channel.Answer] | None = None
         self.closed = False
 
     def data_received(self, data: bytes) -> None:
-        for answer in self._parser.feed(data):
+        try:
+            answers = self._parser.feed(data)
+        except channel.ChannelError as error:
+            self._on_corrupt(error)
+            return
+        for answer in answers:
             waiter = self.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(answer)
@@ -58,7 +69,7 @@ class EnvironmentHandle:
         self.busy = False
         self.idle_since = time.monotonic()
         self.deadline = float("inf")
-        self.kill_reason: str | None = None  # "timeout" | "oom" | "closed"
+        self.kill_reason: str | None = None  # "timeout" | "oom" | "corrupt" | "closed"
         self.peak_rss = 0
         self.alive = True  # until its process exits or its answer pipe closes
         self._loop = asyncio.get_running_loop()
@@ -67,7 +78,7 @@ class EnvironmentHandle:
         self._statm: int | None = None
         self._requests: asyncio.WriteTransport | None = None
         self._answer_pipe: asyncio.ReadTransport | None = None
-        self._answers = _Answers(self._answer_pipe_closed)
+        self._answers = _Answers(self._answer_pipe_closed, self._answer_pipe_corrupt)
 
     async def connect(self, requests: int, answers: int) -> None:
         """Take over our ends of the invocation pipes (the write end of the requests', the
@@ -87,6 +98,15 @@ class EnvironmentHandle:
 
     def _answer_pipe_closed(self) -> None:
         self.alive = False
+
+    def _answer_pipe_corrupt(self, error: channel.ChannelError) -> None:
+        # Bytes that are not an answer (say, a handler wrote to a stray descriptor): nothing more
+        # from this environment can be trusted. Killing it closes the pipe, which fails the
+        # waiting invocation with EnvironmentLost at once instead of at its timeout.
+        log.warning(
+            "environment %s of %s sent a malformed answer: %s", self.pid, self.function, error
+        )
+        self.kill("corrupt")
 
     def send(self, request: bytes) -> asyncio.Future[channel.Answer]:
         """Send one encoded request; the future is its answer, or fails with EnvironmentLost

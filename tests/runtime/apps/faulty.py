@@ -59,3 +59,22 @@ def short_lived(event, context):
 @app.function(provisioned=2)
 def warm(event, context):
     return os.getpid()
+
+
+@app.function
+def scribble(event, context):
+    """Writes a bogus answer header into every write-only pipe it holds (its answer pipe among
+    them), as a handler with a stray file descriptor could."""
+    import stat
+    from pathlib import Path
+
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+            flags = Path(f"/proc/self/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if pipe and int(flags, 8) & os.O_ACCMODE == os.O_WRONLY:
+            os.write(fd, b"\xff" * 64)
+    return "written"

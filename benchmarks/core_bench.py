@@ -50,6 +50,7 @@ from harness import (
     redis_persistence,
 )
 from peers import celery_app, dramatiq_app
+from peers.senders import BASELINE, send_cases
 
 from sluice import Client
 from sluice.broker.contract import OutgoingMessage, QueueConfig
@@ -142,22 +143,11 @@ def add_send(report: Report, *, n: int, redis_url: str) -> None:
                 settings={"batch": 1000, "durable": "fsync per commit"},
             )
         )
-    celery = celery_app.make_peer(celery_app.CeleryConfig(redis_url))
-    dramatiq = dramatiq_app.make_peer(redis_url)
-    peers: list[tuple[str, Callable[[int], None], dict[str, int]]] = [
-        ("celery .delay()", lambda k: celery_app.enqueue_delay(celery, k), {}),
-        (
-            "celery apply_async in Producer.batch()",
-            lambda k: celery_app.enqueue_batch(celery, k),
-            {"batch": celery_app.BATCH_SIZE},
-        ),
-        ("dramatiq .send()", lambda k: dramatiq_app.enqueue_send(dramatiq, k), {}),
-    ]
-    for name, enqueue, settings in peers:
+    for name, enqueue, settings in send_cases(redis_url):
         flush_redis_db(redis_url)
         out.log(f"send: {name} x{n}")
         result = measure_enqueue(name, enqueue, n, group=SEND_GROUP, settings=settings)
-        result.baseline = name == "celery .delay()"
+        result.baseline = name == BASELINE
         report.add(result)
     flush_redis_db(redis_url)
 

@@ -31,6 +31,7 @@ from harness import (
 )
 from peers import celery_app, dramatiq_app
 from peers.http_servers import SERVERS, server_argv
+from peers.senders import send_cases
 
 ENQUEUE_GROUP = "enqueue, one client thread"
 HTTP_HELLO_GROUP = "HTTP hello world, 1 server worker"
@@ -43,18 +44,7 @@ def drain_group(processes: int) -> str:
 
 
 def add_enqueue(report: Report, *, n: int, redis_url: str) -> None:
-    celery = celery_app.make_peer(celery_app.CeleryConfig(redis_url))
-    dramatiq = dramatiq_app.make_peer(redis_url)
-    cases = [
-        ("celery .delay()", lambda k: celery_app.enqueue_delay(celery, k), {}),
-        (
-            "celery apply_async in Producer.batch()",
-            lambda k: celery_app.enqueue_batch(celery, k),
-            {"batch": celery_app.BATCH_SIZE},
-        ),
-        ("dramatiq .send()", lambda k: dramatiq_app.enqueue_send(dramatiq, k), {}),
-    ]
-    for name, enqueue, settings in cases:
+    for name, enqueue, settings in send_cases(redis_url):
         flush_redis_db(redis_url)
         console().log(f"enqueue: {name} x{n}")
         report.add(measure_enqueue(name, enqueue, n, group=ENQUEUE_GROUP, settings=settings))

@@ -48,16 +48,20 @@ def mapping() -> None:
     """Enable or disable an event source mapping of the running platform."""
 
 
+def _toggle_mapping(ctx: click.Context, name: str, url: str | None, action: str) -> None:
+    from urllib.parse import quote
+
+    _control(settings_of(ctx), url, "POST", f"/_sluice/mappings/{quote(name, safe='')}/{action}")
+    click.echo(f"{action}d {name}")
+
+
 @mapping.command("disable")
 @click.argument("name", metavar="QUEUE->FUNCTION")
 @click.option("--url", help="A running platform's URL (default: the one serving --data-dir).")
 @click.pass_context
 def mapping_disable(ctx: click.Context, name: str, url: str | None) -> None:
     """Stop draining the queue; batches in flight finish, messages wait."""
-    from urllib.parse import quote
-
-    _control(settings_of(ctx), url, "POST", f"/_sluice/mappings/{quote(name, safe='')}/disable")
-    click.echo(f"disabled {name}")
+    _toggle_mapping(ctx, name, url, "disable")
 
 
 @mapping.command("enable")
@@ -66,10 +70,7 @@ def mapping_disable(ctx: click.Context, name: str, url: str | None) -> None:
 @click.pass_context
 def mapping_enable(ctx: click.Context, name: str, url: str | None) -> None:
     """Resume draining the queue."""
-    from urllib.parse import quote
-
-    _control(settings_of(ctx), url, "POST", f"/_sluice/mappings/{quote(name, safe='')}/enable")
-    click.echo(f"enabled {name}")
+    _toggle_mapping(ctx, name, url, "enable")
 
 
 @main.command()

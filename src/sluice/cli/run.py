@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +65,19 @@ def _serve(settings: Settings, app_ref: str, roles: Any) -> None:
                 info.unlink()
             await platform.close()
 
-    try:
-        import uvloop
+    _run_until_stopped(serve())
 
-        uvloop.run(serve())
+
+def _run_until_stopped(serve: Coroutine[Any, Any, None]) -> None:
+    """Run a serving coroutine on uvloop; a Sluice error or an OS error (a port already taken)
+    ends the command with a clear message and a non-zero exit code."""
+    import uvloop
+
+    try:
+        uvloop.run(serve)
     except SluiceError as exc:
         fail(f"{exc.code}: {exc.message}")
-    except OSError as exc:  # e.g. the port is taken
+    except OSError as exc:
         fail(str(exc))
 
 
@@ -242,14 +248,7 @@ def _follow(settings: Settings, app_name: str, roles: Any, poll_interval: float)
                 await starting
             await follower.close()
 
-    try:
-        import uvloop
-
-        uvloop.run(serve())
-    except SluiceError as exc:
-        fail(f"{exc.code}: {exc.message}")
-    except OSError as exc:  # e.g. the port is taken
-        fail(str(exc))
+    _run_until_stopped(serve())
 
 
 def _hp(host: str | None, port: int | None, data_dir: Path | None) -> dict[str, Any]:

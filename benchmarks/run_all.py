@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {
-    "core": ["core_bench.py"],
+    "core": ["core_bench.py", "ipc_bench.py"],
     "gateway": ["gateway_bench.py"],
     "redis": ["redis_bench.py"],
     "spike": ["spike.py"],

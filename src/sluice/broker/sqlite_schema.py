@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
+from sluice.sqlite_wal import enable_wal
+
 BUSY_TIMEOUT_MS = 5000
 MIN_SQLITE = (3, 35, 0)
 
@@ -140,8 +142,7 @@ def connect(path: Path, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+        enable_wal(conn, BUSY_TIMEOUT_MS / 1000)
         conn.execute("PRAGMA synchronous = FULL")
         for name, value in pragmas.items():
             if not name.replace("_", "").isalnum():

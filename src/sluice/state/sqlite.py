@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sluice.errors import NotFound, Unavailable
+from sluice.sqlite_wal import enable_wal
 from sluice.state import codec
 from sluice.state.contract import Conflict, Record
 
@@ -80,7 +81,7 @@ class SQLiteState:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; timeout is SQLite's busy handler.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         self._conn = conn
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn, self.busy_timeout)
         conn.execute("PRAGMA synchronous=FULL")
         self._write(self._migrate)
 

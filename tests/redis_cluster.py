@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port
 
 START_TIMEOUT = 15.0
 
@@ -30,13 +31,6 @@ def require_binaries() -> tuple[str, str]:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message} (CI=true: the tools the tests need must be installed)")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the OS picks it; a race with others is unlikely)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(cli: str, port: int, *args: str, timeout: float = 10.0) -> str:

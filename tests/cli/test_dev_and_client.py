@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,46 +14,15 @@ import pytest
 import sluice
 from tests.cli.test_cli import APP
 from tests.cli.test_cli import sluice as run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.sluice_dev import sluice_dev
 
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    port = free_port()
-    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sluice.cli",
-            "dev",
-            APP,
-            "--data-dir",
-            str(tmp_path),
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "dev.json").exists():
-        assert proc.poll() is None, (tmp_path / "dev.log").read_text()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    try:
+    with sluice_dev(APP, tmp_path, tmp_path / "dev.log") as (url, proc):
         yield tmp_path, url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        log.close()
-        assert not (tmp_path / "dev.json").exists()
+    assert proc.returncode == 0
+    assert not (tmp_path / "dev.json").exists()
 
 
 def test_client_invokes_and_sends(dev: tuple[Path, str]) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ import psutil
 
 from sluice.broker.contract import OutgoingMessage
 from sluice.broker.sqlite import SQLiteBroker
+from tests.servers import free_port
 
 APP = str(Path(__file__).parent / "crash_app.py")
 TOTAL = int(os.environ.get("SLUICE_CRASH_MESSAGES", "100000"))
 SLUICE = [sys.executable, "-m", "sluice.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processed(out: Path) -> Counter[str]:

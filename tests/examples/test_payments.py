@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,41 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.cli.test_dev_and_client import free_port
+from tests.sluice_dev import sluice_dev
 
 APP = str(Path(__file__).parents[2] / "examples" / "payments" / "app.py")
 
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    with open(tmp_path / "dev.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sluice.cli",
-                "dev",
-                APP,
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not (tmp_path / "d" / "dev.json").exists():
-                assert proc.poll() is None, (tmp_path / "dev.log").read_text()
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+    with sluice_dev(APP, tmp_path / "d", tmp_path / "dev.log", cwd=tmp_path) as (base, _):
+        yield base
     assert (tmp_path / "d" / "payments.db").exists()  # the ledger lives in the data dir
 
 

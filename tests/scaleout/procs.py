@@ -14,13 +14,9 @@ from pathlib import Path
 
 import redis
 
+from tests.servers import free_port
+
 SLUICE = [sys.executable, "-m", "sluice.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_app(directory: Path, source: str) -> Path:

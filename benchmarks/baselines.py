@@ -66,25 +66,29 @@ def _round_trips(rounds: int, size: int, warmup: int) -> Distribution:
         bufsize=0,
     )
     assert child.stdin is not None and child.stdout is not None
-    out_fd, in_fd = child.stdin.fileno(), child.stdout.fileno()
-    message = b"x" * size
-    samples: list[float] = []
     try:
-        for i in range(warmup + rounds):
-            start = time.perf_counter_ns()
-            os.write(out_fd, message)
-            received = 0
-            while received < size:
-                chunk = os.read(in_fd, size - received)
-                if not chunk:
-                    raise RuntimeError("echo child closed its stdout")
-                received += len(chunk)
-            if i >= warmup:
-                samples.append((time.perf_counter_ns() - start) / 1e3)
+        return time_round_trips(child.stdin.fileno(), child.stdout.fileno(), rounds, size, warmup)
     finally:
         child.stdin.close()
         child.wait(timeout=10)
         child.stdout.close()
+
+
+def time_round_trips(out_fd: int, in_fd: int, rounds: int, size: int, warmup: int) -> Distribution:
+    """Latency in µs of ``size`` bytes written to ``out_fd`` and echoed back on ``in_fd``."""
+    message = b"x" * size
+    samples: list[float] = []
+    for i in range(warmup + rounds):
+        start = time.perf_counter_ns()
+        os.write(out_fd, message)
+        received = 0
+        while received < size:
+            chunk = os.read(in_fd, size - received)
+            if not chunk:
+                raise RuntimeError("the echo child closed its end")
+            received += len(chunk)
+        if i >= warmup:
+            samples.append((time.perf_counter_ns() - start) / 1e3)
     return Distribution.of(samples)
 
 

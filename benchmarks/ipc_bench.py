@@ -17,9 +17,9 @@ import os
 import socket
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 
+from baselines import time_round_trips
 from harness import Distribution, Report, Result
 
 GROUP = "round trip of 64 bytes to a forked Python child, both pinned to cpu 0"
@@ -66,22 +66,12 @@ def _round_trips(
         while data := os.read(child_read, 65536):
             os.write(child_write, data)
         os._exit(0)
-    message = b"x" * SIZE
-    samples: list[float] = []
     try:
-        for i in range(warmup + rounds):
-            start = time.perf_counter_ns()
-            os.write(write_fd, message)
-            received = 0
-            while received < SIZE:
-                received += len(os.read(read_fd, SIZE - received))
-            if i >= warmup:
-                samples.append((time.perf_counter_ns() - start) / 1e3)
+        return time_round_trips(write_fd, read_fd, rounds, SIZE, warmup)
     finally:
         for fd in ours:
             os.close(fd)
         os.waitpid(pid, 0)
-    return Distribution.of(samples)
 
 
 def main(argv: Sequence[str]) -> None:

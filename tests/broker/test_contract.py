@@ -105,6 +105,18 @@ def test_send_receive_delete_round_trip(broker: Broker, run: Run[Any], clock: Cl
     assert run(broker.stats("jobs")).total == 0
 
 
+def test_bodies_come_back_exactly(broker: Broker, run: Run[Any]) -> None:
+    """Quotes, backslashes, control characters (NUL included), non-ASCII and JSON-looking text
+    are delivered byte for byte, however the backend packs a batch."""
+    run(broker.create_queue(QueueConfig("jobs")))
+    bodies = ['{"a": "b\\"c"}', "tab\tnew\nline\r\x00nul\x01", "zürich ✓ 😀", "\\u0000", " "]
+    run(broker.send("jobs", _msgs(*bodies)))
+    got = run(broker.receive("jobs", 10))
+    assert sorted(m.body for m in got) == sorted(bodies)
+    assert all(run(broker.delete("jobs", [m.receipt_handle for m in got])))
+    assert run(broker.stats("jobs")).total == 0
+
+
 def test_batch_send_and_receive_limits(broker: Broker, run: Run[Any]) -> None:
     run(broker.create_queue(QueueConfig("jobs")))
     bodies = [f"m{i}" for i in range(250)]

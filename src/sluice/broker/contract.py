@@ -136,9 +136,10 @@ class SendResult:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """A received message, with everything the SQS event record needs."""
+    """A received message, with everything the SQS event record needs. Not frozen, like
+    `OutgoingMessage`: a mapping's poller makes one per received message."""
 
     message_id: str
     receipt_handle: str

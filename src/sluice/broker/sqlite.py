@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -152,17 +153,14 @@ def _prepare_standard(
     return values, outcomes
 
 
+_RECEIPT = re.compile(r"([0-9]{1,18})\.([0-9a-f]{1,16})")
+
+
 def _parse_receipt(handle: str) -> tuple[int, int]:
-    row, _, token = handle.partition(".") if isinstance(handle, str) else ("", "", "")
-    if (
-        row.isascii()
-        and row.isdigit()
-        and len(row) <= 18
-        and 0 < len(token) <= 16
-        and all(c in "0123456789abcdef" for c in token)
-    ):
-        return int(row), int(token, 16)
-    raise ReceiptHandleIsInvalid(f"receipt handle {handle!r} is not one this broker issued")
+    match = _RECEIPT.fullmatch(handle) if isinstance(handle, str) else None
+    if match is None:
+        raise ReceiptHandleIsInvalid(f"receipt handle {handle!r} is not one this broker issued")
+    return int(match[1]), int(match[2], 16)
 
 
 def _to_message(row: Row, token: str) -> Message:
@@ -187,7 +185,20 @@ def _find_queue(conn: sqlite3.Connection, name: str) -> tuple[int, QueueConfig]:
     row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
     if row is None:
         raise QueueDoesNotExist(f"queue {name!r} does not exist")
-    return row[0], QueueConfig.from_dict(orjson.loads(row[1]))
+    return row[0], _parse_config(row[1])
+
+
+@lru_cache(maxsize=CONFIG_CACHE_SIZE)
+def _parse_config(text: str) -> QueueConfig:
+    """A stored queue configuration, parsed once per distinct text (every receive reads it)."""
+    return QueueConfig.from_dict(orjson.loads(text))
+
+
+def _existing_queue_id(conn: sqlite3.Connection, name: str) -> int:
+    qid = _queue_id(conn, name)
+    if qid is None:
+        raise QueueDoesNotExist(f"queue {name!r} does not exist")
+    return qid
 
 
 def _queue_id(conn: sqlite3.Connection, name: str) -> int | None:
@@ -345,8 +356,7 @@ class SQLiteBroker:
         if cached is None or cached.id != row[0] or cached.text != row[1]:
             if len(self._send_queues) >= CONFIG_CACHE_SIZE:
                 self._send_queues.clear()
-            config = QueueConfig.from_dict(orjson.loads(row[1]))
-            cached = self._send_queues[name] = _SendQueue(row[0], row[1], config)
+            cached = self._send_queues[name] = _SendQueue(row[0], row[1], _parse_config(row[1]))
         return cached
 
     def _send_fifo(
@@ -456,31 +466,33 @@ class SQLiteBroker:
         timeout = config.visibility_timeout if visibility_timeout is None else visibility_timeout
         params = {"qid": qid, "now": now, "until": now + _ms(timeout), "token": token}
         dlq = _queue_id(conn, config.dead_letter) if config.dead_letter else None
-        max_count = config.max_receive_count or 0
-        reason = f"maxReceiveCount {max_count} reached"
-        delivered: list[Row] = []
-        while len(delivered) < limit:
-            wanted = limit - len(delivered)
+        delivered = 0
+        while delivered < limit:
+            wanted = limit - delivered
             if config.fifo:
                 ids = self._fifo_candidates(conn, qid, now, cutoff, wanted)
-                ids_json = orjson.dumps(ids)
-                rows = conn.execute(sql.RECEIVE_IDS, {**params, "ids": ids_json}).fetchall()
+                marked = conn.execute(sql.MARK_IDS, {**params, "ids": orjson.dumps(ids)}).rowcount
             else:
-                rows = conn.execute(
-                    sql.RECEIVE_STANDARD, {**params, "cutoff": cutoff, "limit": wanted}
-                ).fetchall()
-            if dlq is None:
-                delivered += rows
-                break
+                marked = conn.execute(
+                    sql.MARK_STANDARD, {**params, "cutoff": cutoff, "limit": wanted}
+                ).rowcount
             # The receive that would exceed max_receive_count moves the message instead.
-            dead = [r[0] for r in rows if r[4] > max_count]
-            delivered += [r for r in rows if r[4] <= max_count]
-            if not dead:
+            moved = 0
+            if dlq is not None and marked:
+                reason = f"maxReceiveCount {config.max_receive_count} reached"
+                moved = conn.execute(
+                    sql.MOVE_OVERDRAWN,
+                    {**params, "to": dlq, "reason": reason, "max": config.max_receive_count},
+                ).rowcount
+            delivered += marked - moved
+            if not moved:
                 break
-            _move(conn, dead, dlq, now, reason)
+        if not delivered:
+            return []
+        rows: list[Row] = orjson.loads(conn.execute(sql.DELIVERED, params).fetchone()[0])
         if config.fifo:
-            delivered.sort(key=lambda r: r[0])
-        return delivered
+            rows.sort(key=lambda r: r[0])
+        return rows
 
     @staticmethod
     def _fifo_candidates(
@@ -521,12 +533,36 @@ class SQLiteBroker:
         if not parsed:
             return []
 
-        def op(conn: sqlite3.Connection) -> set[tuple[int, int]]:
-            qid, _ = _find_queue(conn, queue)
-            rows = conn.execute(sql.DELETE_BY_RECEIPT, (orjson.dumps(parsed), qid)).fetchall()
-            return {(r[0], r[1]) for r in rows}
+        parsed_set = set(parsed)
+        by_token: dict[int, list[int]] = {}
+        for row_id, token in parsed_set:
+            by_token.setdefault(token, []).append(row_id)
+        groups = [(token, orjson.dumps(ids)) for token, ids in by_token.items()]
+
+        def op(conn: sqlite3.Connection) -> set[tuple[int, int]] | None:
+            """None when every receipt deleted its message, else the receipts that did."""
+            qid = _existing_queue_id(conn, queue)
+            conn.execute("SAVEPOINT receipts")
+            try:
+                gone = sum(
+                    conn.execute(sql.DELETE_BY_RECEIPT, (qid, token, ids)).rowcount
+                    for token, ids in groups
+                )
+                if gone == len(parsed_set):
+                    return None
+                conn.execute("ROLLBACK TO receipts")
+                returning = sql.DELETE_BY_RECEIPT_RETURNING
+                return {
+                    (row_id, token)
+                    for token, ids in groups
+                    for (row_id,) in conn.execute(returning, (qid, token, ids))
+                }
+            finally:
+                conn.execute("RELEASE receipts")
 
         deleted = await self._writer.submit(op, durable=False)
+        if deleted is None:
+            return [True] * len(parsed)
         return [handle in deleted for handle in parsed]
 
     async def change_visibility(self, queue: str, receipt_handle: str, timeout: float) -> bool:

@@ -91,19 +91,31 @@ MESSAGE_COLUMNS = (
     " group_id, dedup_id, dl_reason"
 )
 
+# A receive marks the messages it takes with its own random token and visibility deadline
+# (no RETURNING: that is one SQLite step, so one GIL release and re-take, per row), then reads
+# them back as one JSON array in a single step (`DELIVERED`), found through messages_ready.
 _MARK_RECEIVED = (
     "UPDATE messages SET visible_at = :until, token = :token, receive_count = receive_count + 1,"
     " first_receive = CASE first_receive WHEN 0 THEN :now ELSE first_receive END"
 )
 
-RECEIVE_STANDARD = (
+MARK_STANDARD = (
     f"{_MARK_RECEIVED} WHERE id IN (SELECT id FROM messages WHERE qid = :qid"
     " AND visible_at <= :now AND sent_at >= :cutoff ORDER BY visible_at LIMIT :limit)"
-    f" RETURNING {MESSAGE_COLUMNS}"
 )
 
-RECEIVE_IDS = (
-    f"{_MARK_RECEIVED} WHERE id IN (SELECT value FROM json_each(:ids)) RETURNING {MESSAGE_COLUMNS}"
+MARK_IDS = f"{_MARK_RECEIVED} WHERE id IN (SELECT value FROM json_each(:ids))"
+
+# Marked messages received once too often go to the dead-letter queue instead.
+MOVE_OVERDRAWN = (
+    "UPDATE messages SET qid = :to, visible_at = :now, token = 0, receive_count = 0,"
+    " first_receive = 0, dl_reason = :reason"
+    " WHERE qid = :qid AND visible_at = :until AND token = :token AND receive_count > :max"
+)
+
+DELIVERED = (
+    f"SELECT json_group_array(json_array({MESSAGE_COLUMNS})) FROM messages"
+    " WHERE qid = :qid AND visible_at = :until AND token = :token"
 )
 
 # FIFO: groups that have a message in flight deliver nothing.
@@ -119,11 +131,13 @@ GROUP_HEAD = (
     " ORDER BY id LIMIT ?"
 )
 
-DELETE_BY_RECEIPT = (
-    "DELETE FROM messages WHERE id IN (SELECT m.id FROM json_each(?) AS j CROSS JOIN messages AS m"
-    " ON m.id = json_extract(j.value, '$[0]') AND m.token = json_extract(j.value, '$[1]')"
-    " WHERE m.qid = ?) RETURNING id, token"
+# Deletes by receipt, one statement per receipt token (a receive gives all its messages one
+# token, so usually one statement, one SQLite step, for a whole batch). Only when fewer rows went
+# than receipts were given is it redone with RETURNING (one step per row) to tell which matched.
+DELETE_BY_RECEIPT = (  # "+": look the rows up by id, never scan the queue through an index
+    "DELETE FROM messages WHERE +qid = ? AND +token = ? AND id IN (SELECT value FROM json_each(?))"
 )
+DELETE_BY_RECEIPT_RETURNING = f"{DELETE_BY_RECEIPT} RETURNING id"
 
 MOVE_TO = (
     "UPDATE messages SET qid = :to, visible_at = :now, token = 0, receive_count = 0,"

@@ -49,7 +49,7 @@ from sluice.broker.validation import (
     validate_messages,
     validate_queue_config,
 )
-from sluice.errors import QueueDoesNotExist, ReceiptHandleIsInvalid, ValidationError
+from sluice.errors import QueueDoesNotExist, ReceiptHandleIsInvalid, Unavailable, ValidationError
 
 POLL_INTERVAL = 0.05
 SWEEP_INTERVAL_MS = 60_000
@@ -230,6 +230,8 @@ class SQLiteBroker:
         self._writer = GroupCommitWriter(lambda: self._open_writer(extra))
         self._reader = Reader(lambda: sql.connect(self.path, extra))
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # receives waiting per queue
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # one poll per queue with waiters
         self._next_sweep: dict[int, int] = {}  # queue id -> ms; touched by the writer thread only
         self._send_queues: dict[str, _SendQueue] = {}  # writer thread only, as above
         self._ids = _Ids()
@@ -253,6 +255,10 @@ class SQLiteBroker:
         await asyncio.to_thread(self._reader.start)
 
     async def close(self) -> None:
+        watchers = list(self._watchers.values())
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._reader.stop)
 
@@ -425,18 +431,39 @@ class SQLiteBroker:
                 return [_to_message(row, hex_token) for row in rows]
 
     async def _wait_for_messages(self, queue: str, deadline: float) -> bool:
-        """Wait until a message may be visible (True) or the deadline passed (False)."""
-        loop = asyncio.get_running_loop()
-        while (remaining := deadline - loop.time()) > 0:
-            event = self._wakeups.setdefault(queue, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), min(remaining, POLL_INTERVAL))
-                return True
-            except TimeoutError:
-                pass
-            if await self._reader.run(partial(self._any_visible, queue=queue, now=self._now())):
-                return True
-        return False
+        """Wait until a message may be visible (True) or the deadline passed (False): a send in
+        this process wakes the waiters at once; for sends from other processes one watcher per
+        queue polls, however many receives wait on it."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        event = self._wakeups.get(queue)
+        if event is None:
+            event = self._wakeups[queue] = asyncio.Event()
+        self._waiting[queue] = self._waiting.get(queue, 0) + 1
+        if queue not in self._watchers:
+            self._watchers[queue] = asyncio.create_task(self._watch(queue))
+        try:
+            await asyncio.wait_for(event.wait(), remaining)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting[queue] -= 1
+
+    async def _watch(self, queue: str) -> None:
+        """Poll for a visible message every POLL_INTERVAL while receives wait on ``queue``."""
+        try:
+            while self._waiting.get(queue):
+                await asyncio.sleep(POLL_INTERVAL)
+                check = partial(self._any_visible, queue=queue, now=self._now())
+                try:
+                    if self._waiting.get(queue) and await self._reader.run(check):
+                        self._wake(queue)
+                except Unavailable:
+                    pass  # the waiters' own receives will report it; keep polling
+        finally:
+            del self._watchers[queue]
 
     @staticmethod
     def _any_visible(conn: sqlite3.Connection, queue: str, now: int) -> bool:

@@ -1,0 +1,47 @@
+"""Long polls on the SQLite broker: a send from another broker on the same file (another
+process, in production) ends them within a poll interval, and however many receives wait on a
+queue, one watcher polls for them all and stops when they are gone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from sluice.broker.contract import OutgoingMessage, QueueConfig
+from sluice.broker.sqlite import POLL_INTERVAL, SQLiteBroker
+
+
+def test_waiters_share_one_watcher_and_wake_on_a_send_from_another_broker(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "broker.db"
+        async with SQLiteBroker(path) as waiting, SQLiteBroker(path) as sending:
+            await waiting.create_queue(QueueConfig("jobs"))
+            receives = [asyncio.create_task(waiting.receive("jobs", 10, wait=5)) for _ in range(4)]
+            await asyncio.sleep(0.2)
+            assert len(waiting._watchers) == 1  # four waiters, one poll
+            started = time.monotonic()
+            await sending.send("jobs", [OutgoingMessage("from elsewhere")])
+            done, pending = await asyncio.wait(receives, return_when=asyncio.FIRST_COMPLETED)
+            assert time.monotonic() - started < POLL_INTERVAL + 1.0
+            assert [m.body for t in done for m in t.result()] == ["from elsewhere"]
+            for task in pending:  # nothing more to get: they wait until their deadline
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.sleep(POLL_INTERVAL * 3)
+            assert waiting._watchers == {}  # no waiters left: the watcher stopped
+
+    asyncio.run(scenario())
+
+
+def test_a_long_poll_with_nothing_to_get_ends_at_its_wait(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with SQLiteBroker(tmp_path / "broker.db") as broker:
+            await broker.create_queue(QueueConfig("jobs"))
+            started = time.monotonic()
+            assert await broker.receive("jobs", 10, wait=0.5) == []
+            assert 0.5 <= time.monotonic() - started < 1.5
+            await asyncio.sleep(POLL_INTERVAL * 3)
+            assert broker._watchers == {}
+
+    asyncio.run(scenario())

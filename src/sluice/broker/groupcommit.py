@@ -29,15 +29,19 @@ fsyncs the log, and with it every commit before it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sluice.errors import SluiceError, Unavailable
+
+log = logging.getLogger("sluice.broker")
 
 T = TypeVar("T")
 Connect = Callable[[], sqlite3.Connection]
@@ -76,8 +80,9 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
 class GroupCommitWriter:
     """Owns the write connection and the thread that uses it."""
 
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: Connect, on_commit: Callable[[], None] | None = None) -> None:
         self._connect = connect
+        self._on_commit = on_commit  # told after every group it ran (e.g. a `Checkpointer`)
         self._pending: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -175,6 +180,8 @@ class GroupCommitWriter:
                         conn.rollback()
                     failed = (False, Unavailable(f"SQLite write failed: {error}"))
                     self._resolve(batch, [failed] * len(batch))
+                if self._on_commit is not None:
+                    self._on_commit()
                 if stop:
                     return
         finally:
@@ -364,3 +371,53 @@ class Reader:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
         except sqlite3.Error as error:
             raise Unavailable(f"SQLite database cannot be read: {error}") from error
+
+
+class Checkpointer:
+    """Copies the write-ahead log back into the database on its own thread and connection, a
+    moment after commits, so that no commit waits for a checkpoint's I/O (SQLite would otherwise
+    run one inside the commit that crosses ``wal_autocheckpoint``, on the writer thread that every
+    caller waits for). PASSIVE: it never blocks the writer or readers. The writer keeps a high
+    ``wal_autocheckpoint`` as a backstop should this thread fall behind."""
+
+    def __init__(self, connect: Connect, delay: float) -> None:
+        self._connect = connect
+        self._delay = delay
+        self._dirty = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            conn = self._connect()  # fails here, in the caller, if the file cannot be opened
+            self._thread = threading.Thread(
+                target=self._run, args=(conn,), name="sluice-sqlite-checkpointer", daemon=True
+            )
+            self._thread.start()
+
+    def committed(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopping = True
+            self._dirty.set()
+            self._thread.join()
+            self._thread = None
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                self._dirty.wait()
+                if not self._stopping:
+                    time.sleep(self._delay)  # let more commits gather: one checkpoint for all
+                self._dirty.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as error:  # busy or I/O: the next commit brings a retry
+                    log.warning("WAL checkpoint failed: %s", error)
+                if self._stopping:  # set before the event: seen here or after the next wait
+                    return
+        finally:
+            conn.close()

@@ -42,7 +42,7 @@ from sluice.broker.contract import (
     QueueStats,
     SendResult,
 )
-from sluice.broker.groupcommit import GroupCommitWriter, Reader
+from sluice.broker.groupcommit import Checkpointer, GroupCommitWriter, Reader
 from sluice.broker.validation import (
     content_dedup_id,
     md5_of_body,
@@ -53,6 +53,8 @@ from sluice.errors import QueueDoesNotExist, ReceiptHandleIsInvalid, Unavailable
 
 POLL_INTERVAL = 0.05
 SWEEP_INTERVAL_MS = 60_000
+CHECKPOINT_DELAY = 0.1  # seconds after a commit before the log is copied back into the database
+BACKSTOP_CHECKPOINT_PAGES = 10_000  # the writer checkpoints itself only past this (~40 MB of log)
 CONFIG_CACHE_SIZE = 256  # parsed queue configurations kept by the writer (cleared when full)
 Row = tuple[Any, ...]
 
@@ -227,7 +229,10 @@ class SQLiteBroker:
         self.path = Path(path)
         self._clock = clock
         extra = dict(pragmas or {})
-        self._writer = GroupCommitWriter(lambda: self._open_writer(extra))
+        self._checkpointer = Checkpointer(lambda: sql.connect(self.path, extra), CHECKPOINT_DELAY)
+        self._writer = GroupCommitWriter(
+            lambda: self._open_writer(extra), on_commit=self._checkpointer.committed
+        )
         self._reader = Reader(lambda: sql.connect(self.path, extra))
         self._wakeups: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}  # receives waiting per queue
@@ -239,6 +244,8 @@ class SQLiteBroker:
     def _open_writer(self, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
         conn = sql.connect(self.path, pragmas)
         try:
+            # Checkpoints run on the checkpointer's thread; this is only the backstop.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
             sql.create_schema(conn)
         except BaseException:
             conn.close()
@@ -253,6 +260,7 @@ class SQLiteBroker:
     async def start(self) -> None:
         await asyncio.to_thread(self._writer.start)
         await asyncio.to_thread(self._reader.start)
+        await asyncio.to_thread(self._checkpointer.start)
 
     async def close(self) -> None:
         watchers = list(self._watchers.values())
@@ -261,6 +269,7 @@ class SQLiteBroker:
         await asyncio.gather(*watchers, return_exceptions=True)
         await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._reader.stop)
+        await asyncio.to_thread(self._checkpointer.stop)
 
     async def __aenter__(self) -> SQLiteBroker:
         await self.start()

@@ -45,3 +45,30 @@ def test_a_long_poll_with_nothing_to_get_ends_at_its_wait(tmp_path: Path) -> Non
             assert broker._watchers == {}
 
     asyncio.run(scenario())
+
+
+def test_a_queue_changed_by_another_broker_is_received_with_its_new_settings(
+    tmp_path: Path,
+) -> None:
+    """Receives and deletes skip the queue lookup when the writer has seen the queue before;
+    their statements check the stored configuration, so a change made elsewhere applies at once."""
+
+    async def scenario() -> None:
+        path = tmp_path / "broker.db"
+        async with SQLiteBroker(path) as one, SQLiteBroker(path) as other:
+            await one.create_queue(QueueConfig("jobs", visibility_timeout=300))
+            await one.send("jobs", [OutgoingMessage(f"m{i}") for i in range(3)])
+            [first] = await one.receive("jobs")  # one has seen the queue now
+            await other.create_queue(QueueConfig("jobs", visibility_timeout=0.5))
+            [second] = await one.receive("jobs")
+            await asyncio.sleep(0.7)
+            again = await one.receive("jobs", 10)
+            # The second receive used the new 0.5 s timeout; the first still holds its message.
+            assert second.message_id in {m.message_id for m in again}
+            assert first.message_id not in {m.message_id for m in again}
+            assert await one.delete("jobs", [m.receipt_handle for m in again]) == [True] * len(
+                again
+            )
+            assert await one.delete("jobs", [second.receipt_handle]) == [False]  # stale now
+
+    asyncio.run(scenario())

@@ -12,11 +12,12 @@ three statements. A batch function validates each item before it writes anything
 outcome per item; if it raises, every item of the batch fails. The savepoint is skipped when a
 transaction holds only one operation or batch (its rollback is the transaction's).
 
-A batch may also bring an ``alone`` function, for when its items are all the writer has to do:
-it writes them in a single statement outside any transaction (SQLite commits and fsyncs such a
-statement by itself), or returns None having written nothing, and they run as usual. Each trip
-into SQLite releases the GIL and takes it back, and while the event loop holds it the writer
-waits: one trip instead of four or more (BEGIN, lookup, insert, COMMIT) lets it commit sooner.
+An operation or a batch may also bring an ``alone`` function, for when it is all the writer has
+to do: it does the same work in single statements outside any transaction (SQLite commits, and
+fsyncs, such a statement by itself), or returns None having written nothing, and the operation
+runs as usual. Each trip into SQLite releases the GIL and takes it back, and while the event loop
+holds it the writer waits: one trip instead of four or more (BEGIN, lookup, the write, COMMIT)
+lets it commit sooner.
 
 Only what a caller is promised must survive a power loss needs an fsync: an operation submitted
 with ``durable=False`` (a receive's visibility change, a delete) commits with
@@ -49,6 +50,8 @@ Outcome = tuple[bool, Any]  # (True, result) or (False, the exception to raise)
 BatchFn = Callable[[sqlite3.Connection, list[Any]], Sequence[Outcome]]
 # Writes the items in one statement that commits by itself, or returns None having written nothing.
 AloneFn = Callable[[sqlite3.Connection, list[Any]], Sequence[Outcome] | None]
+# The same for a plain operation: its result, or None having written nothing.
+AloneOpFn = Callable[[sqlite3.Connection], Any]
 
 
 def as_unavailable(error: sqlite3.Error) -> Unavailable:
@@ -64,7 +67,7 @@ class _Op:
     items: list[Any] = field(default_factory=list)  # batched: gathered in one loop iteration
     futures: list[asyncio.Future[Any]] = field(default_factory=list)  # one per item
     durable: bool = True  # needs an fsync before its result is handed back
-    alone: AloneFn | None = None  # batched: when its items are all there is to write
+    alone: AloneFn | AloneOpFn | None = None  # when it is all there is to write
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
@@ -111,12 +114,18 @@ class GroupCommitWriter:
         self._thread.join()
         self._thread = None
 
-    async def submit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+    async def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        alone: AloneOpFn | None = None,
+    ) -> T:
         if self._thread is None:
             raise Unavailable("the SQLite broker is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.put(_Op(fn, loop, future, durable=durable))
+        self._pending.put(_Op(fn, loop, future, durable=durable, alone=alone))
         return await future
 
     async def submit_batched(
@@ -252,13 +261,18 @@ class GroupCommitWriter:
         self._resolve(batch, [outcomes[id(op)] for op in batch])
 
     def _ran_alone(self, conn: sqlite3.Connection, unit: list[_Op]) -> bool:
-        """Run one batched unit's items in one self-committing statement; False (nothing
-        written) when its ``alone`` function declines."""
-        alone = unit[0].alone
-        assert alone is not None
+        """Run one operation, or one batched unit's items, in self-committing statements; False
+        (nothing written) when its ``alone`` function declines."""
+        first = unit[0]
+        assert first.alone is not None
+        results: list[Outcome] | None
         try:
-            outcomes = alone(conn, _items(unit))
-            results = None if outcomes is None else _shares(unit, outcomes)
+            if first.key is None:
+                result = first.alone(conn)  # type: ignore[call-arg]
+                results = None if result is None else [(True, result)]
+            else:
+                outcomes = first.alone(conn, _items(unit))  # type: ignore[call-arg]
+                results = None if outcomes is None else _shares(unit, outcomes)
         except Exception as error:  # the statement is atomic: nothing of it is stored
             if conn.in_transaction:
                 conn.rollback()

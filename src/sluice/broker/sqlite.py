@@ -87,8 +87,9 @@ def _md5s(messages: Sequence[OutgoingMessage]) -> list[str]:
     return [md5_of_body(m.body) if isinstance(m.body, str) else "" for m in messages]
 
 
-class _SendQueue(NamedTuple):
-    """A queue as its sends were checked against: its row id and configuration (text and parsed)."""
+class _CachedQueue(NamedTuple):
+    """A queue as the writer last read it: its row id and configuration (text and parsed).
+    Statements that run without a lookup before them are guarded by both."""
 
     id: int
     text: str
@@ -106,7 +107,7 @@ class _StandardSend(NamedTuple):
     md5s: list[str]
 
 
-def _insert_standard(conn: sqlite3.Connection, queue: _SendQueue, values: list[Any]) -> int:
+def _insert_standard(conn: sqlite3.Connection, queue: _CachedQueue, values: list[Any]) -> int:
     """Insert the rows of ``values`` (`sql.STANDARD_COLUMNS` each) if ``queue`` is unchanged;
     the number of rows inserted: all of them, or none when the queue changed."""
     width, most = sql.STANDARD_COLUMNS, sql.MAX_ROWS_PER_INSERT
@@ -125,7 +126,7 @@ _PADDING = [None] * (sql.STANDARD_COLUMNS * sql.MAX_ROWS_PER_INSERT)
 
 
 def _prepare_standard(
-    queue: _SendQueue, sends: list[_StandardSend]
+    queue: _CachedQueue, sends: list[_StandardSend]
 ) -> tuple[list[Any], list[tuple[bool, Any]]]:
     """The rows to insert for the valid sends (flat, `sql.STANDARD_COLUMNS` per row) and every
     send's outcome: its results, or the error that refused it alone (nothing is written here)."""
@@ -196,13 +197,6 @@ def _parse_config(text: str) -> QueueConfig:
     return QueueConfig.from_dict(orjson.loads(text))
 
 
-def _existing_queue_id(conn: sqlite3.Connection, name: str) -> int:
-    qid = _queue_id(conn, name)
-    if qid is None:
-        raise QueueDoesNotExist(f"queue {name!r} does not exist")
-    return qid
-
-
 def _queue_id(conn: sqlite3.Connection, name: str) -> int | None:
     row = conn.execute("SELECT id FROM queues WHERE name = ?", (name,)).fetchone()
     return None if row is None else row[0]
@@ -238,7 +232,7 @@ class SQLiteBroker:
         self._waiting: dict[str, int] = {}  # receives waiting per queue
         self._watchers: dict[str, asyncio.Task[None]] = {}  # one poll per queue with waiters
         self._next_sweep: dict[int, int] = {}  # queue id -> ms; touched by the writer thread only
-        self._send_queues: dict[str, _SendQueue] = {}  # writer thread only, as above
+        self._queues: dict[str, _CachedQueue] = {}  # name -> as last read; writer thread only
         self._ids = _Ids()
 
     def _open_writer(self, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
@@ -339,7 +333,7 @@ class SQLiteBroker:
     ) -> list[tuple[bool, Any]]:
         """Pending sends to one standard queue, in the writer's transaction: one lookup, each
         send checked, few inserts."""
-        queue = self._queue_for_send(conn, sends[0].queue)
+        queue = self._cached_queue(conn, sends[0].queue)
         values, outcomes = _prepare_standard(queue, sends)
         if _insert_standard(conn, queue, values) * sql.STANDARD_COLUMNS != len(values):
             raise RuntimeError(f"queue {queue.config.name!r} changed within a transaction")
@@ -351,7 +345,7 @@ class SQLiteBroker:
         """The same sends as one statement outside any transaction (it commits, and fsyncs, by
         itself), checked against the queue as it last was: a single trip into SQLite for the
         whole group. None when that cannot be done; then `_send_standard` runs them."""
-        queue = self._send_queues.get(sends[0].queue)
+        queue = self._queues.get(sends[0].queue)
         if queue is None:
             return None
         values, outcomes = _prepare_standard(queue, sends)
@@ -361,17 +355,18 @@ class SQLiteBroker:
             return None  # the queue changed or is gone: nothing was stored
         return outcomes
 
-    def _queue_for_send(self, conn: sqlite3.Connection, name: str) -> _SendQueue:
-        """`_find_queue`, parsing a queue's configuration only when its text changed."""
+    def _cached_queue(self, conn: sqlite3.Connection, name: str) -> _CachedQueue:
+        """`_find_queue`, parsing a queue's configuration only when its text changed; cached for
+        the statements that run without a lookup (`_send_standard_alone`, `_receive_alone`)."""
         row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
         if row is None:
-            self._send_queues.pop(name, None)
+            self._queues.pop(name, None)
             raise QueueDoesNotExist(f"queue {name!r} does not exist")
-        cached = self._send_queues.get(name)
+        cached = self._queues.get(name)
         if cached is None or cached.id != row[0] or cached.text != row[1]:
-            if len(self._send_queues) >= CONFIG_CACHE_SIZE:
-                self._send_queues.clear()
-            cached = self._send_queues[name] = _SendQueue(row[0], row[1], _parse_config(row[1]))
+            if len(self._queues) >= CONFIG_CACHE_SIZE:
+                self._queues.clear()
+            cached = self._queues[name] = _CachedQueue(row[0], row[1], _parse_config(row[1]))
         return cached
 
     def _send_fifo(
@@ -434,7 +429,9 @@ class SQLiteBroker:
                 token=token,
                 now=self._now(),
             )
-            rows = await self._writer.submit(receive, durable=False)
+            rows = await self._writer.submit(
+                receive, durable=False, alone=partial(self._receive_alone, receive)
+            )
             if rows or not await self._wait_for_messages(queue, deadline):
                 hex_token = f"{token:x}"
                 return [_to_message(row, hex_token) for row in rows]
@@ -487,6 +484,35 @@ class SQLiteBroker:
         if event is not None:
             event.set()
 
+    def _receive_alone(
+        self, receive: partial[list[Row]], conn: sqlite3.Connection
+    ) -> list[Row] | None:
+        """A receive as two statements outside any transaction (mark, then read back what was
+        marked), checked against the queue as it last was; None (nothing written) when that cannot
+        be done: a queue not seen yet, changed or empty, FIFO, with a DLQ, or due for a sweep.
+        Then `_receive` runs it."""
+        args = receive.keywords
+        cached = self._queues.get(args["queue"])
+        if cached is None:
+            return None
+        config, now = cached.config, args["now"]
+        if config.fifo or config.dead_letter or now >= self._next_sweep.get(cached.id, 0):
+            return None
+        timeout = args["visibility_timeout"]
+        params = {
+            "qid": cached.id,
+            "config": cached.text,
+            "now": now,
+            "until": now + _ms(config.visibility_timeout if timeout is None else timeout),
+            "token": args["token"],
+            "cutoff": now - _ms(config.retention),
+            "limit": args["limit"],
+        }
+        if not conn.execute(sql.MARK_STANDARD_GUARDED, params).rowcount:
+            return None
+        rows: list[Row] = orjson.loads(conn.execute(sql.DELIVERED, params).fetchone()[0])
+        return rows
+
     def _receive(
         self,
         conn: sqlite3.Connection,
@@ -496,7 +522,7 @@ class SQLiteBroker:
         token: int,
         now: int,
     ) -> list[Row]:
-        qid, config = _find_queue(conn, queue)
+        qid, _, config = self._cached_queue(conn, queue)
         cutoff = now - _ms(config.retention)
         self._sweep(conn, qid, now, cutoff)
         timeout = config.visibility_timeout if visibility_timeout is None else visibility_timeout
@@ -575,9 +601,9 @@ class SQLiteBroker:
             by_token.setdefault(token, []).append(row_id)
         groups = [(token, orjson.dumps(ids)) for token, ids in by_token.items()]
 
-        def op(conn: sqlite3.Connection) -> set[tuple[int, int]] | None:
-            """None when every receipt deleted its message, else the receipts that did."""
-            qid = _existing_queue_id(conn, queue)
+        def op(conn: sqlite3.Connection) -> set[tuple[int, int]]:
+            """The receipts that deleted their message."""
+            qid = self._cached_queue(conn, queue).id
             conn.execute("SAVEPOINT receipts")
             try:
                 gone = sum(
@@ -585,7 +611,7 @@ class SQLiteBroker:
                     for token, ids in groups
                 )
                 if gone == len(parsed_set):
-                    return None
+                    return parsed_set
                 conn.execute("ROLLBACK TO receipts")
                 returning = sql.DELETE_BY_RECEIPT_RETURNING
                 return {
@@ -596,9 +622,19 @@ class SQLiteBroker:
             finally:
                 conn.execute("RELEASE receipts")
 
-        deleted = await self._writer.submit(op, durable=False)
-        if deleted is None:
-            return [True] * len(parsed)
+        def alone(conn: sqlite3.Connection) -> set[tuple[int, int]] | None:
+            """The usual delete (receipts of one receive, all current) as one statement outside
+            any transaction; None (nothing deleted) otherwise."""
+            cached = self._queues.get(queue)
+            if cached is None or len(groups) != 1:
+                return None
+            token, ids = groups[0]
+            deleted = conn.execute(
+                sql.DELETE_ALL_BY_RECEIPT, (cached.id, token, ids, len(parsed_set))
+            )
+            return parsed_set if deleted.rowcount == len(parsed_set) else None
+
+        deleted = await self._writer.submit(op, durable=False, alone=alone)
         return [handle in deleted for handle in parsed]
 
     async def change_visibility(self, queue: str, receipt_handle: str, timeout: float) -> bool:

@@ -106,6 +106,12 @@ MARK_STANDARD = (
 
 MARK_IDS = f"{_MARK_RECEIVED} WHERE id IN (SELECT value FROM json_each(:ids))"
 
+# MARK_STANDARD outside a transaction: only if the queue still has the configuration the
+# receive was checked against (no lookup before it).
+MARK_STANDARD_GUARDED = (
+    f"{MARK_STANDARD} AND EXISTS (SELECT 1 FROM queues WHERE id = :qid AND config = :config)"
+)
+
 # Marked messages received once too often go to the dead-letter queue instead.
 MOVE_OVERDRAWN = (
     "UPDATE messages SET qid = :to, visible_at = :now, token = 0, receive_count = 0,"
@@ -135,9 +141,15 @@ GROUP_HEAD = (
 # token, so usually one statement, one SQLite step, for a whole batch). Only when fewer rows went
 # than receipts were given is it redone with RETURNING (one step per row) to tell which matched.
 DELETE_BY_RECEIPT = (  # "+": look the rows up by id, never scan the queue through an index
-    "DELETE FROM messages WHERE +qid = ? AND +token = ? AND id IN (SELECT value FROM json_each(?))"
+    "DELETE FROM messages WHERE +qid = ?1 AND +token = ?2"
+    " AND id IN (SELECT value FROM json_each(?3))"
 )
 DELETE_BY_RECEIPT_RETURNING = f"{DELETE_BY_RECEIPT} RETURNING id"
+# Outside a transaction: all of the receipts' messages, or none of them.
+DELETE_ALL_BY_RECEIPT = (
+    f"{DELETE_BY_RECEIPT} AND (SELECT COUNT(*) FROM messages WHERE +qid = ?1 AND +token = ?2"
+    " AND id IN (SELECT value FROM json_each(?3))) = ?4"
+)
 
 MOVE_TO = (
     "UPDATE messages SET qid = :to, visible_at = :now, token = 0, receive_count = 0,"

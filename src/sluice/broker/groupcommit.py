@@ -213,8 +213,15 @@ class GroupCommitWriter:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         units = _units(batch)
-        if len(units) == 1 and units[0][0].alone is not None and self._ran_alone(conn, units[0]):
-            return
+        # Alone: one unit; or several that need no fsync (each statement commits by itself, and
+        # without one a commit costs less than the savepoints that a shared transaction needs).
+        if all(unit[0].alone is not None for unit in units) and (
+            len(units) == 1 or not any(op.durable for op in batch)
+        ):
+            units = [unit for unit in units if not self._ran_alone(conn, unit)]
+            if not units:
+                return
+            batch = [op for unit in units for op in unit]
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:

@@ -223,12 +223,18 @@ def drain_group(processes: int) -> str:
 
 
 def sluice_drain(
-    report: Report, *, n: int, processes: int, counter: ExecutionCounter, group: str
+    report: Report,
+    *,
+    n: int,
+    processes: int,
+    counter: ExecutionCounter,
+    group: str,
+    sample_every: float = 0.5,
 ) -> tuple[Result, Peak]:
     with data_dir() as path:
         target = SluiceDrain(path)
         try:
-            with peak_tree_memory() as peak:
+            with peak_tree_memory(sample_every) as peak:
                 result = measure_drain(
                     f"sluice worker, batch_size=100, max_concurrency={processes}",
                     target,
@@ -469,8 +475,14 @@ def add_memory(
         else:
             flush_redis_db(redis_url)
             console().log(f"memory: sluice worker with {n} messages waiting")
+            # A short drain: sampled often, or its environments could come and go unseen.
             _, peak = sluice_drain(
-                report, n=n, processes=processes, counter=counter, group="memory scratch"
+                report,
+                n=n,
+                processes=processes,
+                counter=counter,
+                group="memory scratch",
+                sample_every=0.02,
             )
         report.add(
             Result(

@@ -5,7 +5,8 @@
 Serves, in this process (so each thread's CPU time can be read), Sluice's `HttpServer` with a
 hello-world handler, then the gateway of ``gateway_app`` on a real SQLite broker, and loads each
 path with wrk. For every path: requests/s, and CPU microseconds per request of the event-loop
-thread and of the whole process (the difference is the SQLite writer thread). Writes
+thread and of the whole process (the difference is the SQLite writer thread). Then, as
+diagnostics, the queue route with parts of its durable path taken out (`diagnostic`). Writes
 ``benchmarks/results/gateway_profile.{json,md}``.
 """
 
@@ -13,24 +14,96 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
+import os
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from queue import SimpleQueue
+from typing import Any
+from unittest.mock import patch
 
 import uvloop
 from gateway_app import _hello, app, raise_nofile
 from gateway_bench import post_script, run_wrk
 from harness import LOG_DIR, Report, Result, WrkOptions, console
 
-from sluice.broker.sqlite import SQLiteBroker
+from sluice.broker.contract import SendResult
+from sluice.broker.groupcommit import GroupCommitWriter
+from sluice.broker.sqlite import SQLiteBroker, _prepare_standard
 from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.gateway import Gateway, GatewayConfig
 from sluice.gateway.server import HttpServer
 
 GROUP = "CPU per request, server in this process"
+DIAGNOSTICS = (
+    ("no-insert", "writer thread checks the sends, inserts nothing"),
+    ("thread-only", "a thread resolves the sends, no SQLite"),
+    ("loop-only", "the loop resolves the sends, no thread, no SQLite"),
+)
+
+
+def _idle_seconds() -> float:
+    """Idle time of all CPUs so far (the ``cpu`` line of /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
+
+
+@contextlib.contextmanager
+def diagnostic(mode: str) -> Iterator[None]:
+    """Take parts out of the durable path to see what each costs (never Sluice as shipped):
+    "no-insert": the writer thread runs, checks the sends and commits nothing; "thread-only": a
+    bare thread resolves each group's futures (no SQLite); "loop-only": the event loop resolves
+    them itself (no thread, nothing stored)."""
+    if mode == "no-insert":
+        original = SQLiteBroker._send_standard_alone
+
+        def prepared_only(self: SQLiteBroker, conn: Any, sends: list[Any]) -> Any:
+            queue = self._queues.get(sends[0].queue)
+            return (
+                original(self, conn, sends) if queue is None else _prepare_standard(queue, sends)[1]
+            )
+
+        with patch.object(SQLiteBroker, "_send_standard_alone", prepared_only):
+            yield
+        return
+    pending: list[asyncio.Future[Any]] = []
+    handed: SimpleQueue[tuple[asyncio.AbstractEventLoop, list[Any]]] = SimpleQueue()
+
+    def settle(futures: list[asyncio.Future[Any]]) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_result([SendResult("id", "md5")])
+
+    def resolver() -> None:
+        while True:
+            loop, futures = handed.get()
+            loop.call_soon_threadsafe(settle, futures)
+
+    def flush(loop: asyncio.AbstractEventLoop) -> None:
+        futures = pending[:]
+        pending.clear()
+        if mode == "loop-only":
+            settle(futures)
+        else:
+            handed.put((loop, futures))
+
+    async def submit_batched(self: Any, key: Any, fn: Any, item: Any, **_: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not pending:
+            loop.call_soon(flush, loop)
+        pending.append(future)
+        return await future
+
+    threading.Thread(target=resolver, daemon=True).start()
+    with patch.object(GroupCommitWriter, "submit_batched", submit_batched):
+        yield
 
 
 async def measure(
@@ -38,10 +111,11 @@ async def measure(
 ) -> Result:
     url = f"http://127.0.0.1:{port}{path}"
     await asyncio.to_thread(run_wrk, url, WrkOptions(1, options.connections), script)  # warm-up
-    main0, proc0 = time.thread_time(), time.process_time()
+    main0, proc0, idle0 = time.thread_time(), time.process_time(), _idle_seconds()
     result = await asyncio.to_thread(run_wrk, url, options, script)
     # The wrk-waiting helper thread is idle, so process - loop = the broker's writer thread.
     main_cpu, proc_cpu = time.thread_time() - main0, time.process_time() - proc0
+    idle = (_idle_seconds() - idle0) / (options.duration * (os.cpu_count() or 1))
     n = max(1, result.requests)
     return Result(
         GROUP,
@@ -52,6 +126,7 @@ async def measure(
             "loop thread µs/req": round(main_cpu / n * 1e6, 1),
             "process µs/req": round(proc_cpu / n * 1e6, 1),
             "process CPU %": round(proc_cpu / options.duration * 100),
+            "machine idle %": round(idle * 100),
             "p50 ms": round(result.p50_ms, 3),
             "errors": result.errors,
         },
@@ -85,6 +160,11 @@ async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
             results.append(
                 await measure(name, gateway.port, path, options, script if post else None)
             )
+        for mode, what in DIAGNOSTICS:
+            console().log(f"gateway profile: queue route, {mode}")
+            with diagnostic(mode):
+                name = f"diagnostic: queue route, {what}"
+                results.append(await measure(name, gateway.port, "/enqueue", options, script))
     finally:
         await gateway.shutdown(1)
         await broker.close()
@@ -113,7 +193,12 @@ def main(argv: Sequence[str]) -> None:
             report.add(result)
     report.notes.append(
         "CPU times are thread_time() of the event-loop thread and process_time() of the whole "
-        "process over the measured wrk run; wrk itself runs in its own process."
+        "process over the measured wrk run; wrk itself runs in its own process. 'machine idle' "
+        "is the idle share of all CPUs (/proc/stat) during the run."
+    )
+    report.notes.append(
+        "Diagnostic rows take parts out of the durable path (nothing is stored in the last two): "
+        "what each part costs, not what Sluice does."
     )
     report.write()
     print(report.markdown())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -38,11 +39,13 @@ class TimedDrain(SluiceDrain):
     def worker_argv(self, processes: int) -> list[str]:
         argv = super().worker_argv(processes)
         sluice_args = argv[3:]  # after "env VAR=... sluice"
+        # The benchmarks (for phase_timing) before whatever the caller put first.
+        python_path = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
         return [
             "env",
             argv[1],
             f"SLUICE_PHASES_OUT={self.out}",
-            f"PYTHONPATH={BENCH_DIR}",
+            f"PYTHONPATH={python_path}",
             sys.executable,
             "-c",
             f"import sys; sys.argv = ['sluice', *{sluice_args!r}]; {BOOT}",

@@ -44,6 +44,7 @@ DIAGNOSTICS = (
     ("no-insert", "writer thread checks the sends, inserts nothing"),
     ("thread-only", "a thread resolves the sends, no SQLite"),
     ("loop-only", "the loop resolves the sends, no thread, no SQLite"),
+    ("no-send", "the broker's send returns at once, nothing stored"),
 )
 
 
@@ -59,7 +60,15 @@ def diagnostic(mode: str) -> Iterator[None]:
     """Take parts out of the durable path to see what each costs (never Sluice as shipped):
     "no-insert": the writer thread runs, checks the sends and commits nothing; "thread-only": a
     bare thread resolves each group's futures (no SQLite); "loop-only": the event loop resolves
-    them itself (no thread, nothing stored)."""
+    them itself (no thread, nothing stored); "no-send": the broker's send returns at once."""
+    if mode == "no-send":
+
+        async def sent(self: SQLiteBroker, queue: str, messages: Any) -> list[SendResult]:
+            return [SendResult("id", "md5")]
+
+        with patch.object(SQLiteBroker, "send", sent):
+            yield
+        return
     if mode == "no-insert":
         original = SQLiteBroker._send_standard_alone
 

@@ -74,3 +74,50 @@ def test_unopenable_database_fails_start(tmp_path: Path) -> None:
     writer = GroupCommitWriter(lambda: sqlite3.connect(tmp_path / "missing" / "g.db"))
     with pytest.raises(Unavailable):
         writer.start()
+
+
+def _alone(value: str, decline: bool = False) -> Any:
+    """An alone path: one self-committing insert, or None (nothing written) when declining."""
+
+    def alone(conn: sqlite3.Connection) -> str | None:
+        if decline:
+            return None
+        conn.execute("INSERT INTO t VALUES (?)", (f"{value}-alone",))
+        return f"{value}-alone"
+
+    return alone
+
+
+def test_operations_with_an_alone_path_skip_the_transaction(writer: Any, run: Run[Any]) -> None:
+    """Alone, or in a group where nothing needs an fsync, each operation's alone path runs
+    outside any transaction; one that declines runs as usual, in a transaction; a group with a
+    durable operation runs as one transaction."""
+    writer, path, statements = writer
+    release = threading.Event()
+
+    def blocking(conn: sqlite3.Connection) -> str:
+        release.wait(5)
+        return "held"
+
+    async def group(durable: bool) -> list[Any]:
+        held = asyncio.ensure_future(writer.submit(blocking, durable=False))
+        await asyncio.sleep(0.05)
+        ops = [
+            writer.submit(_insert(f"x{durable:d}"), durable=durable, alone=_alone(f"x{durable:d}")),
+            writer.submit(_insert(f"y{durable:d}"), durable=False, alone=_alone("y", decline=True)),
+        ]
+        pending = [asyncio.ensure_future(op) for op in ops]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(held, *pending)
+
+    assert run(writer.submit(_insert("lone"), alone=_alone("lone"))) == "lone-alone"
+    assert "BEGIN IMMEDIATE" not in statements
+    statements.clear()
+    assert run(group(durable=False)) == ["held", "x0-alone", "y0"]
+    assert statements.count("BEGIN IMMEDIATE") == 2  # the held one's and the declining one's
+    assert statements.count("SAVEPOINT op") == 0
+    statements.clear()
+    assert run(group(durable=True)) == ["held", "x1", "y1"]  # one transaction for both
+    assert statements.count("SAVEPOINT op") == 2
+    assert stored(path) == ["lone-alone", "x0-alone", "x1", "y0", "y1"]

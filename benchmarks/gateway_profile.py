@@ -27,6 +27,7 @@ from queue import SimpleQueue
 from typing import Any
 from unittest.mock import patch
 
+import psutil
 import uvloop
 from gateway_app import _hello, app, raise_nofile
 from gateway_bench import post_script, run_wrk
@@ -38,6 +39,10 @@ from sluice.broker.sqlite import SQLiteBroker, _prepare_standard
 from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.gateway import Gateway, GatewayConfig
 from sluice.gateway.server import HttpServer
+from sluice.runtime.loader import load_app
+from sluice.runtime.pool import Runtime
+
+APP_FILE = Path(__file__).resolve().parent / "gateway_app.py"
 
 GROUP = "CPU per request, server in this process"
 DIAGNOSTICS = (
@@ -46,6 +51,16 @@ DIAGNOSTICS = (
     ("loop-only", "the loop resolves the sends, no thread, no SQLite"),
     ("no-send", "the broker's send returns at once, nothing stored"),
 )
+
+
+def _children_cpu() -> dict[int, float]:
+    """CPU seconds so far of each process below this one (the runtime's environments)."""
+    cpu = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            cpu[child.pid] = times.user + times.system
+    return cpu
 
 
 def _idle_seconds() -> float:
@@ -121,10 +136,13 @@ async def measure(
     url = f"http://127.0.0.1:{port}{path}"
     await asyncio.to_thread(run_wrk, url, WrkOptions(1, options.connections), script)  # warm-up
     main0, proc0, idle0 = time.thread_time(), time.process_time(), _idle_seconds()
+    children0 = _children_cpu()
     result = await asyncio.to_thread(run_wrk, url, options, script)
     # The wrk-waiting helper thread is idle, so process - loop = the broker's writer thread.
     main_cpu, proc_cpu = time.thread_time() - main0, time.process_time() - proc0
     idle = (_idle_seconds() - idle0) / (options.duration * (os.cpu_count() or 1))
+    children = _children_cpu()
+    envs_cpu = sum(cpu - children0.get(pid, 0.0) for pid, cpu in children.items())
     n = max(1, result.requests)
     return Result(
         GROUP,
@@ -136,6 +154,7 @@ async def measure(
             "process µs/req": round(proc_cpu / n * 1e6, 1),
             "process CPU %": round(proc_cpu / options.duration * 100),
             "machine idle %": round(idle * 100),
+            "environments µs/req": round(envs_cpu / n * 1e6, 1),
             "p50 ms": round(result.p50_ms, 3),
             "errors": result.errors,
         },
@@ -157,11 +176,15 @@ async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
     for internal in async_queue_configs(app.functions.values()):
         await broker.create_queue(internal)
     submit: Callable[[str, bytes], Awaitable[str]] = functools.partial(submit_async, broker)
-    gateway = Gateway(app, broker, NoInvoker(), submit, GatewayConfig(access_log=False))
+    _, source = load_app(str(APP_FILE))
+    runtime = Runtime(source.ref, app.functions)
+    await runtime.start()
+    gateway = Gateway(app, broker, runtime, submit, GatewayConfig(access_log=False))
     await gateway.serve("127.0.0.1", 0)
     try:
         for name, path, post in [
             ("gateway, FixedResponse route (no backend)", "/fixed", False),
+            ("gateway + runtime, sync route -> no-op function", "/noop", False),
             ("gateway, queue route, durable 202 (POST JSON)", "/enqueue", True),
             ("gateway, async route, durable 202 (POST JSON)", "/jobs", True),
         ]:
@@ -176,15 +199,9 @@ async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
                 results.append(await measure(name, gateway.port, "/enqueue", options, script))
     finally:
         await gateway.shutdown(1)
+        await runtime.close()
         await broker.close()
     return results
-
-
-class NoInvoker:
-    """The profiled routes invoke no function synchronously."""
-
-    async def invoke(self, function: str, payload: bytes, **_: object) -> object:
-        raise AssertionError(f"unexpected synchronous invoke of {function}")
 
 
 def main(argv: Sequence[str]) -> None:

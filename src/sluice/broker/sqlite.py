@@ -184,6 +184,38 @@ def _to_message(row: Row, token: str) -> Message:
     )
 
 
+class _Receive(NamedTuple):
+    """One receive call, as the writer runs it (in a transaction or alone)."""
+
+    queue: str
+    limit: int
+    visibility_timeout: float | None  # None: the queue's
+    token: int  # marks the messages this receive takes
+    now: int
+
+    def params(self, qid: int, config: QueueConfig) -> dict[str, Any]:
+        """The named parameters of the receive statements for this queue."""
+        timeout = (
+            config.visibility_timeout
+            if self.visibility_timeout is None
+            else self.visibility_timeout
+        )
+        return {
+            "qid": qid,
+            "now": self.now,
+            "until": self.now + _ms(timeout),
+            "token": self.token,
+            "cutoff": self.now - _ms(config.retention),
+            "limit": self.limit,
+        }
+
+
+def _delivered(conn: sqlite3.Connection, params: Mapping[str, Any]) -> list[Row]:
+    """The messages a receive marked (by queue, visibility deadline and token), read in one step."""
+    rows: list[Row] = orjson.loads(conn.execute(sql.DELIVERED, params).fetchone()[0])
+    return rows
+
+
 def _find_queue(conn: sqlite3.Connection, name: str) -> tuple[int, QueueConfig]:
     row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
     if row is None:
@@ -420,20 +452,14 @@ class SQLiteBroker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            token = secrets.randbits(62) | 1
-            receive = partial(
-                self._receive,
-                queue=queue,
-                limit=max_messages,
-                visibility_timeout=visibility_timeout,
-                token=token,
-                now=self._now(),
+            r = _Receive(
+                queue, max_messages, visibility_timeout, secrets.randbits(62) | 1, self._now()
             )
             rows = await self._writer.submit(
-                receive, durable=False, alone=partial(self._receive_alone, receive)
+                partial(self._receive, r), durable=False, alone=partial(self._receive_alone, r)
             )
             if rows or not await self._wait_for_messages(queue, deadline):
-                hex_token = f"{token:x}"
+                hex_token = f"{r.token:x}"
                 return [_to_message(row, hex_token) for row in rows]
 
     async def _wait_for_messages(self, queue: str, deadline: float) -> bool:
@@ -484,60 +510,37 @@ class SQLiteBroker:
         if event is not None:
             event.set()
 
-    def _receive_alone(
-        self, receive: partial[list[Row]], conn: sqlite3.Connection
-    ) -> list[Row] | None:
+    def _receive_alone(self, r: _Receive, conn: sqlite3.Connection) -> list[Row] | None:
         """A receive as two statements outside any transaction (mark, then read back what was
         marked), checked against the queue as it last was; None (nothing written) when that cannot
         be done: a queue not seen yet, changed or empty, FIFO, with a DLQ, or due for a sweep.
         Then `_receive` runs it."""
-        args = receive.keywords
-        cached = self._queues.get(args["queue"])
+        cached = self._queues.get(r.queue)
         if cached is None:
             return None
-        config, now = cached.config, args["now"]
-        if config.fifo or config.dead_letter or now >= self._next_sweep.get(cached.id, 0):
+        config = cached.config
+        if config.fifo or config.dead_letter or r.now >= self._next_sweep.get(cached.id, 0):
             return None
-        timeout = args["visibility_timeout"]
-        params = {
-            "qid": cached.id,
-            "config": cached.text,
-            "now": now,
-            "until": now + _ms(config.visibility_timeout if timeout is None else timeout),
-            "token": args["token"],
-            "cutoff": now - _ms(config.retention),
-            "limit": args["limit"],
-        }
+        params = r.params(cached.id, config)
+        params["config"] = cached.text
         if not conn.execute(sql.MARK_STANDARD_GUARDED, params).rowcount:
             return None
-        rows: list[Row] = orjson.loads(conn.execute(sql.DELIVERED, params).fetchone()[0])
-        return rows
+        return _delivered(conn, params)
 
-    def _receive(
-        self,
-        conn: sqlite3.Connection,
-        queue: str,
-        limit: int,
-        visibility_timeout: float | None,
-        token: int,
-        now: int,
-    ) -> list[Row]:
-        qid, _, config = self._cached_queue(conn, queue)
-        cutoff = now - _ms(config.retention)
+    def _receive(self, r: _Receive, conn: sqlite3.Connection) -> list[Row]:
+        qid, _, config = self._cached_queue(conn, r.queue)
+        params = r.params(qid, config)
+        now, cutoff = r.now, params["cutoff"]
         self._sweep(conn, qid, now, cutoff)
-        timeout = config.visibility_timeout if visibility_timeout is None else visibility_timeout
-        params = {"qid": qid, "now": now, "until": now + _ms(timeout), "token": token}
         dlq = _queue_id(conn, config.dead_letter) if config.dead_letter else None
         delivered = 0
-        while delivered < limit:
-            wanted = limit - delivered
+        while delivered < r.limit:
+            wanted = r.limit - delivered
             if config.fifo:
                 ids = self._fifo_candidates(conn, qid, now, cutoff, wanted)
                 marked = conn.execute(sql.MARK_IDS, {**params, "ids": orjson.dumps(ids)}).rowcount
             else:
-                marked = conn.execute(
-                    sql.MARK_STANDARD, {**params, "cutoff": cutoff, "limit": wanted}
-                ).rowcount
+                marked = conn.execute(sql.MARK_STANDARD, {**params, "limit": wanted}).rowcount
             # The receive that would exceed max_receive_count moves the message instead.
             moved = 0
             if dlq is not None and marked:
@@ -551,9 +554,9 @@ class SQLiteBroker:
                 break
         if not delivered:
             return []
-        rows: list[Row] = orjson.loads(conn.execute(sql.DELIVERED, params).fetchone()[0])
+        rows = _delivered(conn, params)
         if config.fifo:
-            rows.sort(key=lambda r: r[0])
+            rows.sort(key=lambda row: row[0])
         return rows
 
     @staticmethod

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +41,10 @@ from exec_counter import ExecutionCounter
 from harness import (
     BENCH_DIR,
     Distribution,
+    DrainTarget,
     Report,
     Result,
+    Scalar,
     console,
     flush_redis_db,
     measure_drain,
@@ -222,34 +224,53 @@ def drain_group(processes: int) -> str:
     return f"drain pre-enqueued no-op messages, {processes} handler processes"
 
 
-def sluice_drain(
-    report: Report,
+def drain_sampled(
+    name: str,
+    target: DrainTarget,
     *,
     n: int,
     processes: int,
     counter: ExecutionCounter,
     group: str,
+    settings: Mapping[str, Scalar],
     sample_every: float = 0.5,
+) -> tuple[Result, Peak]:
+    """`measure_drain`, with the peak memory of the workers' tree sampled meanwhile (every
+    system's drain alike) and added to the row."""
+    with peak_tree_memory(sample_every) as peak:
+        result = measure_drain(
+            name,
+            target,
+            n=n,
+            processes=processes,
+            counter=counter,
+            group=group,
+            timeout=DRAIN_TIMEOUT,
+            settings=settings,
+        )
+    result.extra["peak rss MB"] = round(peak.rss_mb, 1)
+    result.extra["peak uss MB"] = round(peak.uss_mb, 1)
+    return result, peak
+
+
+def sluice_drain(
+    *, n: int, processes: int, counter: ExecutionCounter, group: str, sample_every: float = 0.5
 ) -> tuple[Result, Peak]:
     with data_dir() as path:
         target = SluiceDrain(path)
         try:
-            with peak_tree_memory(sample_every) as peak:
-                result = measure_drain(
-                    f"sluice worker, batch_size=100, max_concurrency={processes}",
-                    target,
-                    n=n,
-                    processes=processes,
-                    counter=counter,
-                    group=group,
-                    timeout=DRAIN_TIMEOUT,
-                    settings={"batch_size": 100, "broker": "embedded SQLite"},
-                )
+            return drain_sampled(
+                f"sluice worker, batch_size=100, max_concurrency={processes}",
+                target,
+                n=n,
+                processes=processes,
+                counter=counter,
+                group=group,
+                settings={"batch_size": 100, "broker": "embedded SQLite"},
+                sample_every=sample_every,
+            )
         finally:
             target.close()
-    result.extra["peak rss MB"] = round(peak.rss_mb, 1)
-    result.extra["peak uss MB"] = round(peak.uss_mb, 1)
-    return result, peak
 
 
 def add_drain(
@@ -259,7 +280,7 @@ def add_drain(
     group = drain_group(processes)
     flush_redis_db(redis_url)
     console().log(f"drain: sluice x{n}")
-    result, peak = sluice_drain(report, n=n, processes=processes, counter=counter, group=group)
+    result, peak = sluice_drain(n=n, processes=processes, counter=counter, group=group)
     report.add(result)
     celery_config = celery_app.CeleryConfig(redis_url)
     peers: list[tuple[str, celery_app.CeleryDrain | dramatiq_app.DramatiqDrain, dict]] = [
@@ -279,19 +300,15 @@ def add_drain(
     for name, target, settings in peers:
         flush_redis_db(redis_url)
         console().log(f"drain: {name} x{n_peers}")
-        with peak_tree_memory() as peer_peak:
-            row = measure_drain(
-                name,
-                target,
-                n=n_peers,
-                processes=processes,
-                counter=counter,
-                group=group,
-                timeout=DRAIN_TIMEOUT,
-                settings=settings,
-            )
-        row.extra["peak rss MB"] = round(peer_peak.rss_mb, 1)
-        row.extra["peak uss MB"] = round(peer_peak.uss_mb, 1)
+        row, _ = drain_sampled(
+            name,
+            target,
+            n=n_peers,
+            processes=processes,
+            counter=counter,
+            group=group,
+            settings=settings,
+        )
         row.baseline = name.startswith("celery")
         report.add(row)
     flush_redis_db(redis_url)
@@ -477,7 +494,6 @@ def add_memory(
             console().log(f"memory: sluice worker with {n} messages waiting")
             # A short drain: sampled often, or its environments could come and go unseen.
             _, peak = sluice_drain(
-                report,
                 n=n,
                 processes=processes,
                 counter=counter,

@@ -1,15 +1,20 @@
-"""Long polls on the SQLite broker: a send from another broker on the same file (another
-process, in production) ends them within a poll interval, and however many receives wait on a
-queue, one watcher polls for them all and stops when they are gone."""
+"""Receives on the SQLite broker beyond the contract: long polls woken by a send from another
+broker on the same file (another process, in production) within a poll interval, one watcher per
+queue however many receives wait; and the paths that skip the queue lookup, which must see a
+queue changed elsewhere and fail cleanly, losing nothing, while another process locks the file."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from sluice.broker.contract import OutgoingMessage, QueueConfig
 from sluice.broker.sqlite import POLL_INTERVAL, SQLiteBroker
+from sluice.errors import Unavailable
 
 
 def test_waiters_share_one_watcher_and_wake_on_a_send_from_another_broker(tmp_path: Path) -> None:
@@ -70,5 +75,38 @@ def test_a_queue_changed_by_another_broker_is_received_with_its_new_settings(
                 again
             )
             assert await one.delete("jobs", [second.receipt_handle]) == [False]  # stale now
+
+    asyncio.run(scenario())
+
+
+def test_receives_and_deletes_while_another_process_locks_the_database(tmp_path: Path) -> None:
+    """The statements that run outside a transaction fail like the others when the database
+    stays locked past busy_timeout (another process holding it): the call raises Unavailable,
+    and nothing is lost — every message is still delivered and deleted once the lock is gone."""
+
+    async def scenario() -> None:
+        path = tmp_path / "broker.db"
+        async with SQLiteBroker(path, pragmas={"busy_timeout": 200}) as broker:
+            await broker.create_queue(QueueConfig("jobs", visibility_timeout=0.3))
+            await broker.send("jobs", [OutgoingMessage(f"m{i}") for i in range(4)])
+            first = await broker.receive("jobs", 2)  # the queue is known: the alone path next
+            other = sqlite3.connect(path, isolation_level=None, timeout=0)
+            other.execute("BEGIN EXCLUSIVE")
+            try:
+                with pytest.raises(Unavailable):
+                    await broker.receive("jobs", 2)
+                with pytest.raises(Unavailable):
+                    await broker.delete("jobs", [m.receipt_handle for m in first])
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            await asyncio.sleep(0.4)  # past the first receive's visibility timeout
+            seen: dict[str, int] = {}
+            while batch := await broker.receive("jobs", 10):
+                for m in batch:
+                    seen[m.body] = seen.get(m.body, 0) + 1
+                assert all(await broker.delete("jobs", [m.receipt_handle for m in batch]))
+            assert sorted(seen) == [f"m{i}" for i in range(4)]
+            assert (await broker.stats("jobs")).total == 0
 
     asyncio.run(scenario())

@@ -47,17 +47,17 @@ def _timed(cls: type, method: str, by_queue: bool) -> None:
 
 
 def _timed_groups() -> None:
-    original = groupcommit.GroupCommitWriter._run_batch
+    original = groupcommit.commit_group
 
-    def timed(self: Any, conn: Any, batch: list[Any]) -> None:
+    def timed(conn: Any, batch: list[Any]) -> Any:
         started, cpu = time.perf_counter(), time.thread_time()
         try:
-            original(self, conn, batch)
+            return original(conn, batch)
         finally:
             _add("writer group (wall)", time.perf_counter() - started)
             _add("writer group (CPU)", time.thread_time() - cpu)
 
-    groupcommit.GroupCommitWriter._run_batch = timed  # type: ignore[method-assign]
+    groupcommit.commit_group = timed
 
 
 def _dump(path: str) -> None:

@@ -78,3 +78,20 @@ class Unavailable(SluiceError):
 
     code = "ServiceUnavailable"
     status = 503
+
+
+def error_for(code: str, message: str) -> SluiceError:
+    """The error that `SluiceError.to_dict` gave ``code`` and ``message`` (read back from another
+    process); a plain `SluiceError` for a code this version does not know."""
+    found: type[SluiceError] = SluiceError
+    pending: list[type[SluiceError]] = [SluiceError]
+    while pending:  # breadth first: a subclass that keeps its parent's code is not chosen
+        cls = pending.pop(0)
+        if cls.code == code:
+            found = cls
+            break
+        pending.extend(cls.__subclasses__())
+    error = found(message)
+    if found is SluiceError and code != SluiceError.code:
+        error.code = code
+    return error

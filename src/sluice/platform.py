@@ -22,13 +22,15 @@ from sluice.runtime.contract import InvocationResult
 log = logging.getLogger("sluice.platform")
 
 
-def open_broker(settings: Settings) -> Broker:
+def open_broker(settings: Settings, *, send_process: bool = False) -> Broker:
+    """The broker ``settings`` name. ``send_process``: an embedded (SQLite) broker commits sends
+    in a child process, off this process's event loop (what a gateway wants)."""
     url = settings.broker_url
     if url is None or url.startswith("sqlite:"):
         from sluice.broker.sqlite import SQLiteBroker
 
         path = url.removeprefix("sqlite:///").removeprefix("sqlite://") if url else None
-        return SQLiteBroker(path or settings.broker_path)
+        return SQLiteBroker(path or settings.broker_path, send_process=send_process)
     if url.startswith(("redis://", "rediss://", "redis+cluster://")):
         from sluice.broker.redis import RedisBroker
 
@@ -78,7 +80,7 @@ class Platform:
 
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.broker = open_broker(s)
+        self.broker = open_broker(s, send_process=roles.http)
         await self.broker.start()
         for queue in self.app.queues.values():
             await self.broker.create_queue(queue)

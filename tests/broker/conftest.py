@@ -73,13 +73,17 @@ def _redis_broker(clock: Clock) -> tuple[Broker, Callable[[], None]]:
     return RedisBroker(url, namespace=namespace, clock=clock), clean
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=["sqlite", "sqlite-send-process", pytest.param("redis", marks=pytest.mark.redis)]
+)
 def broker(
     request: pytest.FixtureRequest, run: Run[Any], clock: Clock, tmp_path: Path
 ) -> Iterator[Broker]:
     clean: Callable[[], None] | None = None
-    if request.param == "sqlite":
-        backend: Broker = SQLiteBroker(tmp_path / "broker.db", clock=clock)
+    if request.param.startswith("sqlite"):
+        backend: Broker = SQLiteBroker(
+            tmp_path / "broker.db", clock=clock, send_process=request.param.endswith("process")
+        )
     else:
         backend, clean = _redis_broker(clock)
     run(backend.start())

@@ -61,7 +61,7 @@ def as_unavailable(error: sqlite3.Error) -> Unavailable:
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[sqlite3.Connection], Any] | BatchFn
-    loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop | None  # where its futures are resolved (None: no futures)
     future: asyncio.Future[Any] | None = None  # a plain operation's
     key: Hashable = None  # None: a plain operation; else batched with the same key's items
     items: list[Any] = field(default_factory=list)  # batched: gathered in one loop iteration
@@ -183,12 +183,12 @@ class GroupCommitWriter:
                     conn.execute(f"PRAGMA synchronous = {wanted}")
                     synchronous = wanted
                 try:
-                    self._run_batch(conn, batch)
+                    outcomes = commit_group(conn, batch)
                 except Exception as error:  # never leave a caller waiting on a dead batch
                     if conn.in_transaction:
                         conn.rollback()
-                    failed = (False, Unavailable(f"SQLite write failed: {error}"))
-                    self._resolve(batch, [failed] * len(batch))
+                    outcomes = [(False, Unavailable(f"SQLite write failed: {error}"))] * len(batch)
+                self._resolve(batch, outcomes)
                 if self._on_commit is not None:
                     self._on_commit()
                 if stop:
@@ -211,92 +211,13 @@ class GroupCommitWriter:
             refused = (False, Unavailable("the SQLite broker is not started"))
             self._resolve(left, [refused] * len(left))
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        units = _units(batch)
-        # Alone: one unit; or several that need no fsync (each statement commits by itself, and
-        # without one a commit costs less than the savepoints that a shared transaction needs).
-        if all(unit[0].alone is not None for unit in units) and (
-            len(units) == 1 or not any(op.durable for op in batch)
-        ):
-            units = [unit for unit in units if not self._ran_alone(conn, unit)]
-            if not units:
-                return
-            batch = [op for unit in units for op in unit]
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
-            self._resolve(batch, [(False, as_unavailable(error))] * len(batch))
-            return
-        outcomes: dict[int, Outcome] = {}  # id(op) -> outcome
-        savepoints = len(units) > 1
-        lost: Exception | None = None
-        for unit in units:
-            if savepoints:
-                conn.execute("SAVEPOINT op")
-            try:
-                results = _run_unit(conn, unit)
-            except Exception as error:
-                failed = (False, _translate(error))
-                outcomes.update((id(op), failed) for op in unit)
-                # Some errors (SQLITE_FULL among them) roll back the whole transaction by
-                # themselves: then the writes of the operations before this one are gone too.
-                if not savepoints or not conn.in_transaction:
-                    lost = error
-                    break
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-            else:
-                if savepoints:
-                    conn.execute("RELEASE op")
-                outcomes.update(zip(map(id, unit), results, strict=True))
-        if lost is None:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as error:
-                lost = error
-        if lost is not None:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            # Nothing of this transaction is stored: what succeeded or did not run yet fails as
-            # Unavailable; what failed keeps its own error.
-            gone = lost if isinstance(lost, sqlite3.Error) else sqlite3.Error(str(lost))
-            failed = (False, as_unavailable(gone))
-            for op in batch:
-                outcome = outcomes.get(id(op))
-                if outcome is None or outcome[0]:
-                    outcomes[id(op)] = failed
-        self._resolve(batch, [outcomes[id(op)] for op in batch])
-
-    def _ran_alone(self, conn: sqlite3.Connection, unit: list[_Op]) -> bool:
-        """Run one operation, or one batched unit's items, in self-committing statements; False
-        (nothing written) when its ``alone`` function declines."""
-        first = unit[0]
-        assert first.alone is not None
-        results: list[Outcome] | None
-        try:
-            if first.key is None:
-                result = first.alone(conn)  # type: ignore[call-arg]
-                results = None if result is None else [(True, result)]
-            else:
-                outcomes = first.alone(conn, _items(unit))  # type: ignore[call-arg]
-                results = None if outcomes is None else _shares(unit, outcomes)
-        except Exception as error:  # the statement is atomic: nothing of it is stored
-            if conn.in_transaction:
-                conn.rollback()
-            gone = error if isinstance(error, sqlite3.Error) else sqlite3.Error(str(error))
-            self._resolve(unit, [(False, as_unavailable(gone))] * len(unit))
-            return True
-        if results is None:
-            return False
-        self._resolve(unit, results)
-        return True
-
     @staticmethod
     def _resolve(batch: list[_Op], outcomes: list[Outcome]) -> None:
         """One wake-up per event loop for the whole batch, not one per operation. A batched
         operation's outcome is the list of its items' outcomes, or one failure for them all."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
         for op, outcome in zip(batch, outcomes, strict=True):
+            assert op.loop is not None
             settled = by_loop.setdefault(op.loop, [])
             if op.future is not None:
                 settled.append((op.future, outcome))
@@ -306,6 +227,98 @@ class GroupCommitWriter:
                 settled.extend((future, outcome) for future in op.futures)
         for loop, settled in by_loop.items():
             loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def commit_group(conn: sqlite3.Connection, batch: list[_Op]) -> list[Outcome]:
+    """Run a group of operations and commit it once; each operation's outcome, in ``batch``'s
+    order. An outcome is success only if the commit succeeded. Used by the writer thread and by
+    the send process (`sluice.broker.send_process`)."""
+    units = _units(batch)
+    outcomes: dict[int, Outcome] = {}  # id(op) -> outcome
+    # Alone: one unit; or several that need no fsync (each statement commits by itself, and
+    # without one a commit costs less than the savepoints that a shared transaction needs).
+    if all(unit[0].alone is not None for unit in units) and (
+        len(units) == 1 or not any(op.durable for op in batch)
+    ):
+        left = []
+        for unit in units:
+            ran = _ran_alone(conn, unit)
+            if ran is None:
+                left.append(unit)
+            else:
+                outcomes.update(zip(map(id, unit), ran, strict=True))
+        if left:
+            outcomes.update(_in_transaction(conn, [op for unit in left for op in unit], left))
+        return [outcomes[id(op)] for op in batch]
+    outcomes.update(_in_transaction(conn, batch, units))
+    return [outcomes[id(op)] for op in batch]
+
+
+def _in_transaction(
+    conn: sqlite3.Connection, batch: list[_Op], units: list[list[_Op]]
+) -> dict[int, Outcome]:
+    """The units in one transaction, each in its own savepoint when there are several."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as error:
+        return {id(op): (False, as_unavailable(error)) for op in batch}
+    outcomes: dict[int, Outcome] = {}
+    savepoints = len(units) > 1
+    lost: Exception | None = None
+    for unit in units:
+        if savepoints:
+            conn.execute("SAVEPOINT op")
+        try:
+            results = _run_unit(conn, unit)
+        except Exception as error:
+            failed = (False, _translate(error))
+            outcomes.update((id(op), failed) for op in unit)
+            # Some errors (SQLITE_FULL among them) roll back the whole transaction by
+            # themselves: then the writes of the operations before this one are gone too.
+            if not savepoints or not conn.in_transaction:
+                lost = error
+                break
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        else:
+            if savepoints:
+                conn.execute("RELEASE op")
+            outcomes.update(zip(map(id, unit), results, strict=True))
+    if lost is None:
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            lost = error
+    if lost is not None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        # Nothing of this transaction is stored: what succeeded or did not run yet fails as
+        # Unavailable; what failed keeps its own error.
+        gone = lost if isinstance(lost, sqlite3.Error) else sqlite3.Error(str(lost))
+        failed = (False, as_unavailable(gone))
+        for op in batch:
+            outcome = outcomes.get(id(op))
+            if outcome is None or outcome[0]:
+                outcomes[id(op)] = failed
+    return outcomes
+
+
+def _ran_alone(conn: sqlite3.Connection, unit: list[_Op]) -> list[Outcome] | None:
+    """Run one operation, or one batched unit's items, in self-committing statements: the
+    unit's outcomes, or None (nothing written) when its ``alone`` function declines."""
+    first = unit[0]
+    assert first.alone is not None
+    try:
+        if first.key is None:
+            result = first.alone(conn)  # type: ignore[call-arg]
+            return None if result is None else [(True, result)]
+        outcomes = first.alone(conn, _items(unit))  # type: ignore[call-arg]
+        return None if outcomes is None else _shares(unit, outcomes)
+    except Exception as error:  # the statement is atomic: nothing of it is stored
+        if conn.in_transaction:
+            conn.rollback()
+        gone = error if isinstance(error, sqlite3.Error) else sqlite3.Error(str(error))
+        return [(False, as_unavailable(gone))] * len(unit)
 
 
 def _units(batch: list[_Op]) -> list[list[_Op]]:

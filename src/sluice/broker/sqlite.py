@@ -43,6 +43,7 @@ from sluice.broker.contract import (
     SendResult,
 )
 from sluice.broker.groupcommit import Checkpointer, GroupCommitWriter, Reader
+from sluice.broker.send_process import SendProcess
 from sluice.broker.validation import (
     content_dedup_id,
     md5_of_body,
@@ -229,6 +230,73 @@ def _parse_config(text: str) -> QueueConfig:
     return QueueConfig.from_dict(orjson.loads(text))
 
 
+def open_writer(path: Path, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
+    """A write connection, the schema created if need be."""
+    conn = sql.connect(path, pragmas)
+    try:
+        # Checkpoints run on a checkpointer's thread; this is only the backstop.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+        sql.create_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class QueueCache:
+    """Queues as one writer last read them, by name; only that writer's thread touches it. The
+    statements that run without a lookup before them (`send_standard_alone`, a receive's alone
+    path) are guarded by the cached id and configuration text."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _CachedQueue] = {}
+
+    def get(self, name: str) -> _CachedQueue | None:
+        return self._queues.get(name)
+
+    def lookup(self, conn: sqlite3.Connection, name: str) -> _CachedQueue:
+        """The queue as it is now, parsing its configuration only when its text changed."""
+        row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            self._queues.pop(name, None)
+            raise QueueDoesNotExist(f"queue {name!r} does not exist")
+        cached = self._queues.get(name)
+        if cached is None or cached.id != row[0] or cached.text != row[1]:
+            if len(self._queues) >= CONFIG_CACHE_SIZE:
+                self._queues.clear()
+            cached = self._queues[name] = _CachedQueue(row[0], row[1], _parse_config(row[1]))
+        return cached
+
+
+def send_standard(
+    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend]
+) -> list[tuple[bool, Any]]:
+    """Pending sends to one standard queue, in the writer's transaction: one lookup, each send
+    checked, few inserts."""
+    queue = cache.lookup(conn, sends[0].queue)
+    values, outcomes = _prepare_standard(queue, sends)
+    if _insert_standard(conn, queue, values) * sql.STANDARD_COLUMNS != len(values):
+        raise RuntimeError(f"queue {queue.config.name!r} changed within a transaction")
+    return outcomes
+
+
+def send_standard_alone(
+    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend]
+) -> list[tuple[bool, Any]] | None:
+    """The same sends as one statement outside any transaction (it commits, and fsyncs, by
+    itself), checked against the queue as it last was: a single trip into SQLite for the whole
+    group. None when that cannot be done; then `send_standard` runs them."""
+    queue = cache.get(sends[0].queue)
+    if queue is None:
+        return None
+    values, outcomes = _prepare_standard(queue, sends)
+    if not values or len(values) > sql.STANDARD_COLUMNS * sql.MAX_ROWS_PER_INSERT:
+        return None
+    if _insert_standard(conn, queue, values) == 0:
+        return None  # the queue changed or is gone: nothing was stored
+    return outcomes
+
+
 def _queue_id(conn: sqlite3.Connection, name: str) -> int | None:
     row = conn.execute("SELECT id FROM queues WHERE name = ?", (name,)).fetchone()
     return None if row is None else row[0]
@@ -249,34 +317,30 @@ class SQLiteBroker:
         *,
         clock: Callable[[], float] = time.time,
         pragmas: Mapping[str, str | int] | None = None,
+        send_process: bool = False,
     ) -> None:
         """``pragmas`` are applied to every connection after the broker's own (e.g.
-        ``{"max_page_count": n}`` caps the file's size: sends beyond it raise `Unavailable`)."""
+        ``{"max_page_count": n}`` caps the file's size: sends beyond it raise `Unavailable`).
+        With ``send_process``, sends to standard queues are committed by a child process
+        (`send_process.SendProcess`) instead of this process's writer thread: for a process
+        whose event loop is busy with other work, such as a gateway."""
         self.path = Path(path)
         self._clock = clock
         extra = dict(pragmas or {})
         self._checkpointer = Checkpointer(lambda: sql.connect(self.path, extra), CHECKPOINT_DELAY)
         self._writer = GroupCommitWriter(
-            lambda: self._open_writer(extra), on_commit=self._checkpointer.committed
+            lambda: open_writer(self.path, extra), on_commit=self._checkpointer.committed
         )
         self._reader = Reader(lambda: sql.connect(self.path, extra))
         self._wakeups: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}  # receives waiting per queue
         self._watchers: dict[str, asyncio.Task[None]] = {}  # one poll per queue with waiters
         self._next_sweep: dict[int, int] = {}  # queue id -> ms; touched by the writer thread only
-        self._queues: dict[str, _CachedQueue] = {}  # name -> as last read; writer thread only
+        self._queues = QueueCache()  # the writer thread's
+        self._send_standard = partial(send_standard, self._queues)
+        self._send_standard_alone = partial(send_standard_alone, self._queues)
+        self._send_process = SendProcess(self.path, extra) if send_process else None
         self._ids = _Ids()
-
-    def _open_writer(self, pragmas: Mapping[str, str | int]) -> sqlite3.Connection:
-        conn = sql.connect(self.path, pragmas)
-        try:
-            # Checkpoints run on the checkpointer's thread; this is only the backstop.
-            conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
-            sql.create_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     def _now(self) -> int:
         return _ms(self._clock())
@@ -287,12 +351,16 @@ class SQLiteBroker:
         await asyncio.to_thread(self._writer.start)
         await asyncio.to_thread(self._reader.start)
         await asyncio.to_thread(self._checkpointer.start)
+        if self._send_process is not None:
+            await self._send_process.start()
 
     async def close(self) -> None:
         watchers = list(self._watchers.values())
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
+        if self._send_process is not None:
+            await self._send_process.close()
         await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._reader.stop)
         await asyncio.to_thread(self._checkpointer.stop)
@@ -354,52 +422,14 @@ class SQLiteBroker:
             # (which every commit waits for) does only the queue lookup and the insert.
             ids = self._ids.take(len(messages))
             send = _StandardSend(queue, messages, now, ids, _md5s(messages))
-            results = await self._writer.submit_batched(
-                ("send", queue), self._send_standard, send, alone=self._send_standard_alone
-            )
+            if self._send_process is not None:
+                results = await self._send_process.send(send)
+            else:
+                results = await self._writer.submit_batched(
+                    ("send", queue), self._send_standard, send, alone=self._send_standard_alone
+                )
         self._wake(queue)
         return results
-
-    def _send_standard(
-        self, conn: sqlite3.Connection, sends: list[_StandardSend]
-    ) -> list[tuple[bool, Any]]:
-        """Pending sends to one standard queue, in the writer's transaction: one lookup, each
-        send checked, few inserts."""
-        queue = self._cached_queue(conn, sends[0].queue)
-        values, outcomes = _prepare_standard(queue, sends)
-        if _insert_standard(conn, queue, values) * sql.STANDARD_COLUMNS != len(values):
-            raise RuntimeError(f"queue {queue.config.name!r} changed within a transaction")
-        return outcomes
-
-    def _send_standard_alone(
-        self, conn: sqlite3.Connection, sends: list[_StandardSend]
-    ) -> list[tuple[bool, Any]] | None:
-        """The same sends as one statement outside any transaction (it commits, and fsyncs, by
-        itself), checked against the queue as it last was: a single trip into SQLite for the
-        whole group. None when that cannot be done; then `_send_standard` runs them."""
-        queue = self._queues.get(sends[0].queue)
-        if queue is None:
-            return None
-        values, outcomes = _prepare_standard(queue, sends)
-        if not values or len(values) > sql.STANDARD_COLUMNS * sql.MAX_ROWS_PER_INSERT:
-            return None
-        if _insert_standard(conn, queue, values) == 0:
-            return None  # the queue changed or is gone: nothing was stored
-        return outcomes
-
-    def _cached_queue(self, conn: sqlite3.Connection, name: str) -> _CachedQueue:
-        """`_find_queue`, parsing a queue's configuration only when its text changed; cached for
-        the statements that run without a lookup (`_send_standard_alone`, `_receive_alone`)."""
-        row = conn.execute("SELECT id, config FROM queues WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            self._queues.pop(name, None)
-            raise QueueDoesNotExist(f"queue {name!r} does not exist")
-        cached = self._queues.get(name)
-        if cached is None or cached.id != row[0] or cached.text != row[1]:
-            if len(self._queues) >= CONFIG_CACHE_SIZE:
-                self._queues.clear()
-            cached = self._queues[name] = _CachedQueue(row[0], row[1], _parse_config(row[1]))
-        return cached
 
     def _send_fifo(
         self,
@@ -528,7 +558,7 @@ class SQLiteBroker:
         return _delivered(conn, params)
 
     def _receive(self, r: _Receive, conn: sqlite3.Connection) -> list[Row]:
-        qid, _, config = self._cached_queue(conn, r.queue)
+        qid, _, config = self._queues.lookup(conn, r.queue)
         params = r.params(qid, config)
         now, cutoff = r.now, params["cutoff"]
         self._sweep(conn, qid, now, cutoff)
@@ -606,7 +636,7 @@ class SQLiteBroker:
 
         def op(conn: sqlite3.Connection) -> set[tuple[int, int]]:
             """The receipts that deleted their message."""
-            qid = self._cached_queue(conn, queue).id
+            qid = self._queues.lookup(conn, queue).id
             conn.execute("SAVEPOINT receipts")
             try:
                 gone = sum(

@@ -10,7 +10,8 @@ same wrk settings (one wrk thread: wrk takes one core, the server the other):
 2. a sync route to a no-op function (real runtime, execution environments);
 3. a queue route: POST with a JSON body, 202 once the message is committed and fsynced;
 4. FastAPI calling Celery ``.delay()`` on the local Redis, 202 (the peer);
-5. an async (Event invoke) route: POST, 202 once the invocation is committed.
+5. FastAPI's hello world (uvicorn with httptools and uvloop, one worker);
+6. an async (Event invoke) route: POST, 202 once the invocation is committed.
 
 The machine is shared, so its load moves during a run: all rows are measured once per round,
 ``--rounds`` times, and each row reports its median round (the others beside it).
@@ -65,7 +66,7 @@ GOALS = {"queue_vs_hello": 0.5, "queue_vs_celery": 10.0, "sync_vs_hello": 1 / 3}
 @dataclass(frozen=True)
 class Row:
     name: str
-    server: str  # "hello", "gateway" or "fastapi-celery"
+    server: str  # "hello", "gateway", "fastapi-celery" or "fastapi-hello"
     path: str
     post: bool = False
 
@@ -75,7 +76,8 @@ ROWS = (
     Row("(2) sync route -> no-op function", "gateway", "/noop"),
     Row("(3) queue route, durable 202 (POST JSON)", "gateway", "/enqueue", post=True),
     Row("(4) FastAPI + Celery .delay() on Redis, 202", "fastapi-celery", "/enqueue"),
-    Row("(5) async route (Event invoke), durable 202 (POST JSON)", "gateway", "/jobs", post=True),
+    Row("(5) FastAPI hello world", "fastapi-hello", "/"),
+    Row("(6) async route (Event invoke), durable 202 (POST JSON)", "gateway", "/jobs", post=True),
 )
 
 
@@ -110,19 +112,26 @@ def queued(data_dir: Path, queue: str) -> int:
 
 
 class RssSampler:
-    """Peak RSS of one process, sampled on a thread while a load runs."""
+    """Peak RSS of one process and its children (the gateway's send process), sampled on a
+    thread while a load runs."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.process = psutil.Process(pid)
         self.interval = interval
-        self.peak = 0
+        self.peak = 0  # of the process
+        self.tree_peak = 0  # of the process and its children
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(psutil.NoSuchProcess):
-                self.peak = max(self.peak, self.process.memory_info().rss)
+                rss = self.process.memory_info().rss
+                self.peak = max(self.peak, rss)
+                for child in self.process.children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        rss += child.memory_info().rss
+                self.tree_peak = max(self.tree_peak, rss)
             self._stop.wait(self.interval)
 
     @contextlib.contextmanager
@@ -232,6 +241,7 @@ def hold_connections(servers: Servers, options: WrkOptions, script: Path) -> Res
             "p99 ms": round(result.p99_ms, 3),
             "gateway idle rss MB": round(idle_rss / 2**20, 1),
             "gateway peak rss MB": round(sampler.peak / 2**20, 1),
+            "gateway + children peak rss MB": round(sampler.tree_peak / 2**20, 1),
         },
         settings=options.settings(),
     )

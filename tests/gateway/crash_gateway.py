@@ -1,6 +1,7 @@
-"""A gateway alone in a process, for the kill -9 test: ``python crash_gateway.py DB PORTFILE``.
-It serves ``POST /jobs`` (async invoke) and ``POST /inbox`` (queue) on a SQLite broker at DB
-and writes its port to PORTFILE once listening."""
+"""A gateway alone in a process, for the kill -9 test:
+``python crash_gateway.py DB PORTFILE [thread|process]``. It serves ``POST /jobs`` (async invoke)
+and ``POST /inbox`` (queue) on a SQLite broker at DB, its sends committed by the broker's writer
+thread or by a send process, and writes its port to PORTFILE once listening."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ class NoInvoker:
         raise AssertionError(f"unexpected synchronous invoke of {function}")
 
 
-async def main(db: Path, port_file: Path) -> None:
+async def main(db: Path, port_file: Path, writer: str) -> None:
     app = make_app()
-    broker = SQLiteBroker(db)
+    broker = SQLiteBroker(db, send_process=writer == "process")
     await broker.start()
     await broker.create_queue(app.queues["inbox"])
     for queue in async_queue_configs([app.functions["job"]]):
@@ -56,4 +57,4 @@ async def main(db: Path, port_file: Path) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    uvloop.run(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))

@@ -96,7 +96,8 @@ class GatewayThread:
         return future.result(timeout)
 
     async def _start(self) -> None:
-        self.broker = SQLiteBroker(self.path)
+        # As the gateway role runs it: sends committed by the broker's send process.
+        self.broker = SQLiteBroker(self.path, send_process=True)
         await self.broker.start()
         for queue in self.app.queues.values():
             await self.broker.create_queue(queue)

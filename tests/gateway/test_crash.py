@@ -1,5 +1,7 @@
 """kill -9 of a gateway taking a stream of async and queue requests: every request that got a
-202 is in its queue afterwards (the SQLite broker reopened, ids checked)."""
+202 is in its queue afterwards (the SQLite broker reopened, ids checked). With the sends
+committed by the broker's writer thread, or by its send process: then the gateway alone is
+killed (the child commits what it has and exits), or the gateway and the child together."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import time
 from pathlib import Path
 
 import orjson
+import psutil
+import pytest
 
 from sluice.broker.sqlite import SQLiteBroker
 from sluice.dispatch.async_invoke import async_queue_name
@@ -50,12 +54,16 @@ async def stored_ids(db: Path) -> tuple[set[str], set[str]]:
         return jobs, inbox
 
 
-def test_every_202_survives_a_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "writer, killed", [("thread", "gateway"), ("process", "gateway"), ("process", "both")]
+)
+def test_every_202_survives_a_sigkill(tmp_path: Path, writer: str, killed: str) -> None:
     db, port_file = tmp_path / "broker.db", tmp_path / "port"
     log = (tmp_path / "gateway.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(db), str(port_file)], stdout=log, stderr=log
+        [sys.executable, str(SCRIPT), str(db), str(port_file), writer], stdout=log, stderr=log
     )
+    children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 20
         while not port_file.exists():
@@ -81,8 +89,15 @@ def test_every_202_survives_a_sigkill(tmp_path: Path) -> None:
         for t in threads:
             t.start()
         time.sleep(1.5)  # requests flowing...
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == (1 if writer == "process" else 0)
+        if killed == "both":
+            for child in children:
+                child.kill()
         proc.kill()  # ...SIGKILL mid-stream
         proc.wait(10)
+        for child in children:
+            child.wait(10)  # killed, or exited by itself at the end of its input
         stop.set()
         for t in threads:
             t.join(10)

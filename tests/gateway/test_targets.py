@@ -7,6 +7,8 @@ import asyncio
 import base64
 import http.server
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -280,6 +282,40 @@ def test_broker_down_is_503_and_not_ready(gw: GatewayThread) -> None:
     ready = request(gw.port, "GET", "/_sluice/ready")
     assert ready.status == 503 and error_of(ready) == "ServiceUnavailable"
     assert request(gw.port, "GET", "/_sluice/health").status == 200
+
+
+def test_queue_route_outlives_its_send_process(gw: GatewayThread) -> None:
+    """The child committing the sends is killed: a request meanwhile gets 503 (not stored as far
+    as the client knows) or 202; a new child takes the next ones; every 202 is in the queue."""
+    assert gw.broker is not None and gw.broker._send_process is not None
+    transport = gw.broker._send_process._transport
+    assert transport is not None
+    acked = []
+    for i in range(20):
+        r = request(gw.port, "POST", "/inbox", b"before %d" % i)
+        assert r.status == 202
+        acked.append(r.json()["messageId"])
+    os.kill(transport.get_pid(), signal.SIGKILL)
+    statuses = []
+    for i in range(40):
+        r = request(gw.port, "POST", "/inbox", b"after %d" % i)
+        statuses.append(r.status)
+        if r.status == 202:
+            acked.append(r.json()["messageId"])
+        else:
+            assert r.status == 503 and error_of(r) == "ServiceUnavailable"
+            assert "retry-after" in r.headers
+    assert statuses[-10:] == [202] * 10  # a new child took over
+
+    async def stored() -> set[str]:
+        assert gw.broker is not None
+        ids: set[str] = set()
+        while batch := await gw.broker.receive("inbox", 10):
+            ids.update(m.message_id for m in batch)
+            await gw.broker.delete("inbox", [m.receipt_handle for m in batch])
+        return ids
+
+    assert set(acked) <= gw.run(stored())
 
 
 def test_reverse_proxy_forwards_and_streams(gw: GatewayThread, upstream: int) -> None:

@@ -21,9 +21,11 @@ Semantics, as in Amazon SQS:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from sluice.errors import SluiceError
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 MAX_VISIBILITY_TIMEOUT = 12 * 3600.0
@@ -227,3 +229,22 @@ class Broker(Protocol):
     ) -> int:
         """Move messages from a DLQ back to ``to`` (default: every queue that names it as its
         DLQ must be unambiguous, so ``to`` is required when several do). Returns how many."""
+
+
+# What a send came to: its results, or the error that refused it.
+SendOutcome = list[SendResult] | SluiceError
+
+
+@runtime_checkable
+class SendsSoon(Protocol):
+    """A broker that can take a send without a coroutine per call (the gateway's queue routes
+    use it when the broker offers it)."""
+
+    def send_soon(
+        self,
+        queue: str,
+        messages: Sequence[OutgoingMessage],
+        done: Callable[[SendOutcome], None],
+    ) -> None:
+        """`Broker.send`, its outcome passed to ``done`` on the event loop, once it is durable
+        (or refused), instead of returned. ``done`` may be called before this returns."""

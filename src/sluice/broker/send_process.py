@@ -8,9 +8,10 @@ runs the same group commit as the writer thread (`groupcommit.commit_group`, `se
 answers each frame once it is committed. A send returns only after that answer: durable as before.
 
 The pipes carry frames: a little-endian u32 length, then JSON. To the child, one frame per
-event-loop iteration: a list of sends ``[queue, now, ids, md5s, [[body, attributes, delay,
-group_id, deduplication_id], ...]]``. From the child: an empty frame once the database is open,
-then one frame per frame received, in order: per send ``null`` (stored) or ``[code, message]``.
+event-loop iteration: a list of sends ``[queue, now, ids, [[body, attributes, delay, group_id,
+deduplication_id], ...]]`` (the child computes the MD5s it stores). From the child: an empty
+frame once the database is open, then one frame per frame received, in order: per send ``null``
+(stored) or ``[code, message]``.
 
 If the child dies, every send it had not answered fails with `Unavailable` (stored or not is then
 unknown: at-least-once, as for any send that gets no answer) and the next send starts a new one.
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Mapping
+from asyncio import FIRST_COMPLETED
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.broker")
 
+Done = Callable[[SluiceError | None], None]  # told a send's outcome: None when it is committed
 START_TIMEOUT = 30.0  # seconds for the child to open the database
 STOP_TIMEOUT = 30.0  # seconds for the child to commit what it has and exit
 _LENGTH = 4
@@ -73,13 +77,14 @@ class SendProcess:
         self.pragmas = dict(pragmas)
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
-        self._ready: asyncio.Future[None] | None = None
-        self._exited: asyncio.Future[int] | None = None
+        self._pipes: _ChildPipes | None = None
+        self._ready: asyncio.Future[None] | None = None  # the child opened the database
+        self._ended: asyncio.Future[None] | None = None  # its output ended
         self._starting: asyncio.Lock | None = None
         self._closed = False
-        # This iteration's encoded sends and their futures; then, per frame written, its futures.
-        self._gathering: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._in_flight: collections.deque[list[asyncio.Future[None]]] = collections.deque()
+        # This iteration's encoded sends with their callbacks; then each written frame's callbacks.
+        self._gathering: list[tuple[bytes, Done]] = []
+        self._in_flight: collections.deque[list[Done]] = collections.deque()
 
     async def start(self) -> None:
         """Start the child and wait until it has opened the database."""
@@ -90,74 +95,86 @@ class SendProcess:
             if self._transport is not None:
                 return
             loop = asyncio.get_running_loop()
-            self._ready, self._exited = loop.create_future(), loop.create_future()
+            self._ready, self._ended = loop.create_future(), loop.create_future()
             argv = [sys.executable, "-m", __name__, str(self.path), orjson.dumps(self.pragmas)]
-            transport, _ = await loop.subprocess_exec(
-                lambda: _ChildPipes(self), *argv, stdin=-1, stdout=-1, stderr=None
-            )
+            try:
+                transport, self._pipes = await loop.subprocess_exec(
+                    lambda: _ChildPipes(self, loop), *argv, stdin=-1, stdout=-1, stderr=None
+                )
+            except OSError as error:
+                raise Unavailable(f"the SQLite send process could not start: {error}") from None
             self._transport = transport
             self._stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
-            waited: list[asyncio.Future[Any]] = [self._ready, self._exited]
             done, _ = await asyncio.wait(
-                waited,
-                timeout=START_TIMEOUT,
-                return_when=asyncio.FIRST_COMPLETED,
+                [self._ready, self._ended], timeout=START_TIMEOUT, return_when=FIRST_COMPLETED
             )
             if self._ready not in done:
-                transport.kill()
+                self._pipes.kill()  # if it is still trying
+                await self._pipes.exited
+                self._transport = self._stdin = None
                 raise Unavailable(f"the SQLite send process could not open {self.path}")
             log.debug("send process %d writes %s", transport.get_pid(), self.path)
+
+    @property
+    def running(self) -> bool:
+        return self._stdin is not None and not self._stdin.is_closing() and not self._closed
 
     async def close(self) -> None:
         """Let the child commit and answer what it has, then wait for it to exit."""
         self._closed = True
-        transport, exited = self._transport, self._exited
-        if transport is None or exited is None:
+        transport, pipes = self._transport, self._pipes
+        if pipes is None:
             return
-        if self._gathering:
-            self._flush()
-        assert self._stdin is not None
-        self._stdin.close()
+        if transport is not None and self._stdin is not None:
+            if self._gathering:
+                self._flush()
+            self._stdin.close()
         try:
-            await asyncio.wait_for(asyncio.shield(exited), STOP_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(pipes.exited), STOP_TIMEOUT)
         except TimeoutError:
             log.warning("the SQLite send process did not exit in %g s; killed", STOP_TIMEOUT)
-            transport.kill()
-            await exited
-        transport.close()
+            pipes.kill()
+            await pipes.exited
 
     async def send(self, send: _StandardSend) -> list[SendResult]:
         """Store one send; return once it is committed, or raise what refused it."""
+        if self._transport is None and not self._closed:
+            await self.start()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.submit(send, partial(_settle, future))
+        await future
+        return send.results()
+
+    def submit(self, send: _StandardSend, done: Done) -> None:
+        """Hand one send to the child; ``done(None)`` once it is committed, or ``done(error)``.
+        Raises at once what refuses it before it is handed over (not JSON-representable, the
+        child not running)."""
         if self._closed:
             raise Unavailable("the SQLite broker is not started")
-        if self._transport is None:
-            await self.start()
+        if self._stdin is None or self._stdin.is_closing():
+            raise Unavailable("the SQLite send process is not running")
         messages = [
             (m.body, dict(m.attributes) or None, m.delay, m.group_id, m.deduplication_id)
             for m in send.messages
         ]
         try:
-            encoded = orjson.dumps((send.queue, send.now, send.ids, send.md5s, messages))
+            encoded = orjson.dumps((send.queue, send.now, send.ids, messages))
         except TypeError as error:
             raise ValidationError(f"a message is not JSON-representable: {error}") from None
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         if not self._gathering:
-            loop.call_soon(self._flush)
-        self._gathering.append((encoded, future))
-        await future
-        return list(map(SendResult, send.ids, send.md5s))
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._gathering.append((encoded, done))
 
     def _flush(self) -> None:
         gathered, self._gathering = self._gathering, []
         if not gathered:
             return
-        futures = [future for _, future in gathered]
+        callbacks = [done for _, done in gathered]
         if self._stdin is None or self._stdin.is_closing():
-            _fail(futures, Unavailable("the SQLite send process is not running"))
+            _answer(callbacks, Unavailable("the SQLite send process is not running"))
             return
         self._stdin.write(_frame(b"[" + b",".join(encoded for encoded, _ in gathered) + b"]"))
-        self._in_flight.append(futures)
+        self._in_flight.append(callbacks)
 
     # -- from the child's pipes ------------------------------------------------------------
 
@@ -165,42 +182,61 @@ class SendProcess:
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
             return
-        futures = self._in_flight.popleft()
-        for future, outcome in zip(futures, orjson.loads(payload), strict=True):
-            if future.done():
-                continue
-            if outcome is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error_for(*outcome))
+        callbacks = self._in_flight.popleft()
+        for done, outcome in zip(callbacks, orjson.loads(payload), strict=True):
+            _call(done, None if outcome is None else error_for(*outcome))
 
-    def _gone(self, returncode: int | None) -> None:
-        """The child exited: what it did not answer has an unknown outcome."""
-        if self._exited is not None and not self._exited.done():
-            self._exited.set_result(returncode if returncode is not None else -1)
+    def _gone(self) -> None:
+        """The child's output ended (it exited, or is exiting): what it did not answer has an
+        unknown outcome."""
+        self._transport = self._stdin = None
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
         if not self._closed:
-            log.error(
-                "the SQLite send process exited (%s); it restarts on the next send", returncode
-            )
+            log.error("the SQLite send process ended; a new one starts on the next send")
         error = Unavailable(
-            f"the SQLite send process exited ({returncode}) before answering; "
-            "whether the message was stored is unknown"
+            "the SQLite send process ended before answering; whether the message was stored is "
+            "unknown"
         )
         while self._in_flight:
-            _fail(self._in_flight.popleft(), error)
-        self._transport = self._stdin = None
+            _answer(self._in_flight.popleft(), error)
 
 
-def _fail(futures: list[asyncio.Future[None]], error: Exception) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(error)
+def _call(done: Done, error: SluiceError | None) -> None:
+    try:
+        done(error)
+    except Exception:  # one caller's failure must not keep the others from their answers
+        log.exception("a send's callback failed")
+
+
+def _answer(callbacks: list[Done], error: SluiceError) -> None:
+    for done in callbacks:
+        _call(done, error)
+
+
+def _settle(future: asyncio.Future[None], error: SluiceError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 class _ChildPipes(asyncio.SubprocessProtocol):
-    def __init__(self, owner: SendProcess) -> None:
+    def __init__(self, owner: SendProcess, loop: asyncio.AbstractEventLoop) -> None:
         self.owner = owner
         self.buffer = bytearray()
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.exited: asyncio.Future[None] = loop.create_future()  # reaped, pipes closed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+
+    def kill(self) -> None:
+        if self.transport is not None and not self.exited.done():
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                self.transport.kill()
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         self.buffer += data if isinstance(data, bytes) else data.encode()
@@ -211,8 +247,13 @@ class _ChildPipes(asyncio.SubprocessProtocol):
         # Its output ends when the child does, after every answer it wrote (`process_exited`
         # may come before the last answers are read).
         if fd == 1:
-            transport = self.owner._transport
-            self.owner._gone(transport.get_returncode() if transport is not None else None)
+            self.owner._gone()
+
+    def process_exited(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 # -- the child ---------------------------------------------------------------------------------
@@ -234,8 +275,8 @@ def _ops(frame: bytes, send_fn: Any, alone_fn: Any) -> list[_Op]:
     from sluice.broker.sqlite import _StandardSend
 
     ops = []
-    for queue, now, ids, md5s, messages in orjson.loads(frame):
-        send = _StandardSend(queue, [OutgoingMessage(*m) for m in messages], now, ids, md5s)
+    for queue, now, ids, messages in orjson.loads(frame):
+        send = _StandardSend(queue, [OutgoingMessage(*m) for m in messages], now, ids)
         ops.append(_Op(send_fn, None, key=("send", queue), items=[send], alone=alone_fn))
     return ops
 

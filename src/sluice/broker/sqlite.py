@@ -40,6 +40,7 @@ from sluice.broker.contract import (
     OutgoingMessage,
     QueueConfig,
     QueueStats,
+    SendOutcome,
     SendResult,
 )
 from sluice.broker.groupcommit import Checkpointer, GroupCommitWriter, Reader
@@ -50,7 +51,13 @@ from sluice.broker.validation import (
     validate_messages,
     validate_queue_config,
 )
-from sluice.errors import QueueDoesNotExist, ReceiptHandleIsInvalid, Unavailable, ValidationError
+from sluice.errors import (
+    QueueDoesNotExist,
+    ReceiptHandleIsInvalid,
+    SluiceError,
+    Unavailable,
+    ValidationError,
+)
 
 POLL_INTERVAL = 0.05
 SWEEP_INTERVAL_MS = 60_000
@@ -105,7 +112,11 @@ class _StandardSend(NamedTuple):
     messages: Sequence[OutgoingMessage]
     now: int
     ids: list[str]
-    md5s: list[str]
+    md5s: list[str] | None = None  # None: computed where it is written (the send process)
+
+    def results(self) -> list[SendResult]:
+        """Its results once committed, each checksum computed only if it is read."""
+        return [SendResult(i, body=m.body) for i, m in zip(self.ids, self.messages, strict=True)]
 
 
 def _insert_standard(conn: sqlite3.Connection, queue: _CachedQueue, values: list[Any]) -> int:
@@ -140,7 +151,8 @@ def _prepare_standard(
         try:
             validate_messages(config, send.messages)
             mine: list[Any] = []
-            for m, message_id, md5 in zip(send.messages, send.ids, send.md5s, strict=True):
+            md5s = send.md5s if send.md5s is not None else _md5s(send.messages)
+            for m, message_id, md5 in zip(send.messages, send.ids, md5s, strict=True):
                 mine += (
                     now + (default_delay if m.delay is None else _ms(m.delay)),
                     now,
@@ -153,7 +165,7 @@ def _prepare_standard(
             outcomes.append((False, error))
             continue
         values += mine
-        outcomes.append((True, list(map(SendResult, send.ids, send.md5s))))
+        outcomes.append((True, list(map(SendResult, send.ids, md5s))))
     return values, outcomes
 
 
@@ -340,6 +352,7 @@ class SQLiteBroker:
         self._send_standard = partial(send_standard, self._queues)
         self._send_standard_alone = partial(send_standard_alone, self._queues)
         self._send_process = SendProcess(self.path, extra) if send_process else None
+        self._sending: set[asyncio.Task[Any]] = set()  # `send_soon`'s tasks, kept till done
         self._ids = _Ids()
 
     def _now(self) -> int:
@@ -421,15 +434,55 @@ class SQLiteBroker:
             # Ids and checksums are made here, on the caller's thread, so the writer thread
             # (which every commit waits for) does only the queue lookup and the insert.
             ids = self._ids.take(len(messages))
-            send = _StandardSend(queue, messages, now, ids, _md5s(messages))
             if self._send_process is not None:
-                results = await self._send_process.send(send)
+                results = await self._send_process.send(_StandardSend(queue, messages, now, ids))
             else:
+                send = _StandardSend(queue, messages, now, ids, _md5s(messages))
                 results = await self._writer.submit_batched(
                     ("send", queue), self._send_standard, send, alone=self._send_standard_alone
                 )
         self._wake(queue)
         return results
+
+    def send_soon(
+        self, queue: str, messages: Sequence[OutgoingMessage], done: Callable[[SendOutcome], None]
+    ) -> None:
+        """`send` without a coroutine per call when a send process commits this queue's sends;
+        otherwise `send` runs as a task (see `contract.SendsSoon`)."""
+        process = self._send_process
+        if process is None or not process.running or queue.endswith(".fifo"):
+            task = asyncio.get_running_loop().create_task(self.send(queue, messages))
+            self._sending.add(task)
+            task.add_done_callback(partial(self._sent, done))
+            return
+        ids = self._ids.take(len(messages))
+        # The checksums are the child's to compute (it stores them), off this event loop.
+        send = _StandardSend(queue, messages, self._now(), ids, None)
+
+        def committed(error: SluiceError | None) -> None:
+            if error is None:
+                self._wake(queue)
+                done(send.results())
+            else:
+                done(error)
+
+        try:
+            process.submit(send, committed)
+        except SluiceError as error:
+            done(error)
+
+    def _sent(
+        self, done: Callable[[SendOutcome], None], task: asyncio.Task[list[SendResult]]
+    ) -> None:
+        self._sending.discard(task)
+        if task.cancelled():
+            done(Unavailable("the send was cancelled; whether it was stored is unknown"))
+        elif isinstance(error := task.exception(), SluiceError):
+            done(error)
+        elif error is not None:
+            done(Unavailable(f"the send failed: {error!r}"))
+        else:
+            done(task.result())
 
     def _send_fifo(
         self,

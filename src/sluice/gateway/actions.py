@@ -12,7 +12,7 @@ class Fixed:
             action.status, [(b"content-type", action.content_type.encode())], action.body.encode()
         )
 
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+    def __call__(self, request: Request, params: dict[str, str]) -> Response:
         r = self.response
         return Response(r.status, list(r.headers), r.body)
 
@@ -23,7 +23,7 @@ class RedirectTarget:
     def __init__(self, action: Redirect) -> None:
         self.action = action
 
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+    def __call__(self, request: Request, params: dict[str, str]) -> Response:
         a = self.action
         tail = (request.header("host") or "").rsplit("]", 1)[-1]  # past an IPv6 literal
         _, sep, port = tail.rpartition(":")

@@ -25,7 +25,7 @@ MAPPING_PATH = re.compile(r"^/_sluice/mappings/([^/]+)/(enable|disable)$")
 CONTROL_PREFIXES = ("/2015-03-31/functions/", "/_sluice/")
 LOG_TAIL = 4096  # Lambda returns the last 4 KB of the log with LogType=Tail
 
-ControlHandler = Callable[[Request], Awaitable[Response | None]]
+ControlHandler = Callable[[Request], Awaitable[Response] | None]
 
 
 def _is_loopback(host: str) -> bool:
@@ -48,8 +48,9 @@ class Control:
                 return True
         return self._loopback and _is_loopback(request.client[0])
 
-    async def __call__(self, request: Request) -> Response | None:
-        """A response for a control request, or None when the request is not one."""
+    def __call__(self, request: Request) -> Awaitable[Response] | None:
+        """The answer to a control request, or None when the request is not one (decided at
+        once: every route's request passes here)."""
         if not request.path.startswith(CONTROL_PREFIXES):
             return None  # every route's request passes here: the common case costs one check
         post = request.method == "POST"
@@ -58,6 +59,15 @@ class Control:
         is_status = request.method == "GET" and request.path == STATUS_PATH
         if (match is None and toggle is None and not is_status) or not self._allowed(request):
             return None
+        return self._answer(request, match, toggle, is_status)
+
+    async def _answer(
+        self,
+        request: Request,
+        match: re.Match[str] | None,
+        toggle: re.Match[str] | None,
+        is_status: bool,
+    ) -> Response:
         try:
             if is_status:
                 return json_response(200, await self._platform.status())

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import orjson
 
@@ -36,7 +37,7 @@ access_log = logging.getLogger("sluice.gateway.access")
 
 INTERNAL_PREFIX = "/_sluice/"
 # A hook answering privileged requests (e.g. `sluice.gateway.control.Control`) or passing (None).
-ControlHook = Callable[[Request], Awaitable[Response | None]]
+ControlHook = Callable[[Request], Response | Awaitable[Response] | None]
 READY_TIMEOUT = 2.0
 
 
@@ -107,62 +108,100 @@ class Gateway:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        """The response: at once when the target answers at once (fixed responses, errors), else
+        a future (a queue send) or a coroutine (a function) for the server to wait for."""
         started = time.perf_counter()
-        key = "-"
         try:
-            key, response = await self._dispatch(request)
-        except SluiceError as exc:
-            response = error_response(exc, self.config.retry_after)
-        except Exception:
-            log.exception("request %s failed", request.request_id)
-            response = json_response(
-                500, {"error": "InternalError", "message": "internal gateway error"}
-            )
+            key, answer = self._dispatch(request)
+        except Exception as exc:
+            return self._finish(request, "-", self._failure(request, exc), started)
+        if isinstance(answer, Response):
+            return self._finish(request, key, answer, started)
+        if asyncio.isfuture(answer):
+            finished: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+            answer.add_done_callback(partial(self._settled, finished, request, key, started))
+            return finished
+        return self._awaited(request, key, answer, started)
+
+    def _settled(
+        self,
+        finished: asyncio.Future[Response],
+        request: Request,
+        key: str,
+        started: float,
+        answer: asyncio.Future[Response],
+    ) -> None:
+        try:
+            response = answer.result()
+        except Exception as exc:
+            response = self._failure(request, exc)
+        if not finished.done():
+            finished.set_result(self._finish(request, key, response, started))
+
+    async def _awaited(
+        self, request: Request, key: str, answer: Awaitable[Response], started: float
+    ) -> Response:
+        try:
+            response = await answer
+        except Exception as exc:
+            response = self._failure(request, exc)
+        return self._finish(request, key, response, started)
+
+    def _failure(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, SluiceError):
+            return error_response(exc, self.config.retry_after)
+        log.error("request %s failed", request.request_id, exc_info=exc)
+        return json_response(500, {"error": "InternalError", "message": "internal gateway error"})
+
+    def _finish(self, request: Request, key: str, response: Response, started: float) -> Response:
         if self.cors is not None:
             self.cors.decorate(request, response)
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
             self._log(request, response, key, started)
         return response
 
-    async def _dispatch(self, request: Request) -> tuple[str, Response]:
+    def _dispatch(self, request: Request) -> tuple[str, Response | Awaitable[Response]]:
         path = request.path
         if self.control is not None:
-            answer = await self.control(request)
+            answer = self.control(request)
             if answer is not None:
                 return "control", answer
         if path.startswith(INTERNAL_PREFIX):
-            return "internal", await self._internal(request)
+            return "internal", self._internal(request)
         if self.cors is not None and self.cors.is_preflight(request):
             return "cors-preflight", self.cors.preflight(request)
         rule = self.rules.match(request) if self.rules.rules else None
         if rule is not None:
             key, endpoint = self._rule_endpoints[id(rule)]
-            return key, await endpoint(request, {})
+            return key, endpoint(request, {})
         found = self.routes.match(request.method, path)
         if found is not None:
             route, params = found
             key, endpoint = self._route_endpoints[id(route.spec)]
-            return key, await endpoint(request, params)
+            return key, endpoint(request, params)
         if self.rules.default is not None:
             key, endpoint = self._rule_endpoints[id(self.rules.default)]
-            return key, await endpoint(request, {})
+            return key, endpoint(request, {})
         raise RouteNotFound(f"no route matches {request.method} {path}")
 
-    async def _internal(self, request: Request) -> Response:
+    def _internal(self, request: Request) -> Response | Awaitable[Response]:
         name = request.path[len(INTERNAL_PREFIX) :]
         if name == "health":
             return json_response(200, {"status": "ok"})
         if name == "ready":
-            try:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    await self.broker.list_queues()
-            except (TimeoutError, SluiceError, OSError) as exc:
-                raise Unavailable(f"the broker is not reachable: {exc!r}") from None
-            return json_response(200, {"status": "ready"})
+            return self._ready()
         if name == "openapi.json":
             return Response(200, [(b"content-type", JSON)], self._openapi)
         raise RouteNotFound(f"no Sluice endpoint {request.path}")
+
+    async def _ready(self) -> Response:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self.broker.list_queues()
+        except (TimeoutError, SluiceError, OSError) as exc:
+            raise Unavailable(f"the broker is not reachable: {exc!r}") from None
+        return json_response(200, {"status": "ready"})
 
     def _log(self, request: Request, response: Response, key: str, started: float) -> None:
         line = {

@@ -35,7 +35,9 @@ from sluice.gateway.wire import Request, Response, error_response, json_response
 
 log = logging.getLogger("sluice.gateway")
 
-Handler = Callable[[Request], Awaitable[Response]]
+# A handler answers at once (a Response), or later: a future is waited for with a callback (no
+# task), anything else awaitable (a coroutine) runs as a task.
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -52,6 +54,11 @@ def _status_line(status: int, reason: str | None) -> bytes:
 
 # Status lines with the standard reason phrase, built once.
 _STATUS_LINES = {status: _status_line(status, None) for status in _REASONS}
+
+
+def _internal_error(request: Request) -> Response:
+    log.exception("unhandled error answering %s %s", request.method, request.path)
+    return json_response(500, {"error": "InternalError", "message": "internal gateway error"})
 
 
 class _Reject(Exception):
@@ -89,6 +96,7 @@ class ServerState:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "_answering",
         "_body",
         "_body_size",
         "_closed",
@@ -130,7 +138,8 @@ class Connection(asyncio.Protocol):
         self._in_message = False
         self._error: SluiceError | None = None
         self._queue: deque[tuple[Request, bool] | SluiceError] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # awaiting an answer or streaming one
+        self._answering: tuple[Request, bool] | None = None  # the request being answered
         self._served = 0
         self._closed = False
         self._done_reading = False
@@ -204,8 +213,8 @@ class Connection(asyncio.Protocol):
             self._pause()
         elif len(self._queue) > 1:
             self._pause()  # pipelined requests wait their turn; read no more until they are done
-        if self._queue and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._queue and self._answering is None:
+            self._serve()
 
     # -- parser callbacks -----------------------------------------------------------------
 
@@ -290,42 +299,87 @@ class Connection(asyncio.Protocol):
 
     # -- handling -------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        state = self.state
-        try:
-            while self._queue and not self._closed:
-                item = self._queue.popleft()
-                if isinstance(item, SluiceError):
-                    self._write(error_response(item), None, keep_alive=False)
-                    self._linger()
-                    return
-                request, keep_alive = item
-                try:
-                    response = await state.handler(request)
-                except Exception:
-                    log.exception("unhandled error answering %s %s", request.method, request.path)
-                    response = json_response(
-                        500, {"error": "InternalError", "message": "internal gateway error"}
-                    )
-                self._served += 1
-                keep_alive = (
-                    keep_alive
-                    and not state.draining
-                    and self._served < state.config.max_requests_per_connection
-                )
-                if response.stream is None:
-                    self._write(response, request, keep_alive)
+    def _serve(self) -> None:
+        """Answer the queued requests in order, until one's answer has to be waited for."""
+        while self._queue and not self._closed:
+            item = self._queue.popleft()
+            if isinstance(item, SluiceError):
+                self._write(error_response(item), None, keep_alive=False)
+                self._linger()
+                return
+            request, _ = item
+            try:
+                answer = self.state.handler(request)
+            except Exception:
+                answer = _internal_error(request)
+            self._answering = item
+            if not isinstance(answer, Response):
+                if asyncio.isfuture(answer):
+                    answer.add_done_callback(self._answered)
                 else:
-                    keep_alive = await self._write_stream(response, request, keep_alive)
-                if not keep_alive:
-                    self._close()
-                    return
-        finally:
-            self._task = None
+                    self._task = asyncio.get_running_loop().create_task(self._await(answer))
+                return
+            if not self._respond(answer):
+                return
         self.last_activity = asyncio.get_running_loop().time()
         if self._paused and not self._closed and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+
+    def _answered(self, future: asyncio.Future[Response]) -> None:
+        if self._answering is None:
+            return  # the connection was cut meanwhile
+        try:
+            response = future.result()
+        except BaseException:
+            response = _internal_error(self._answering[0])
+        if self._respond(response):
+            self._serve()
+
+    async def _await(self, answer: Awaitable[Response]) -> None:
+        try:
+            response = await answer
+        except Exception:
+            assert self._answering is not None
+            response = _internal_error(self._answering[0])
+        self._task = None
+        if self._respond(response):
+            self._serve()
+
+    def _respond(self, response: Response) -> bool:
+        """Write the answer to the request being answered; whether to go on to the next one."""
+        if response.stream is not None:
+            self._task = asyncio.get_running_loop().create_task(self._stream(response))
+            return False
+        request, keep_alive = self._finished()
+        self._write(response, request, keep_alive)
+        if not keep_alive:
+            self._close()
+        return keep_alive
+
+    async def _stream(self, response: Response) -> None:
+        request, keep_alive = self._finished()
+        try:
+            keep_alive = await self._write_stream(response, request, keep_alive)
+        finally:
+            self._task = None
+        if not keep_alive:
+            self._close()
+        else:
+            self._serve()
+
+    def _finished(self) -> tuple[Request, bool]:
+        """The request answered now, and whether its connection may be kept."""
+        assert self._answering is not None
+        (request, keep_alive), self._answering = self._answering, None
+        self._served += 1
+        state = self.state
+        keep_alive = (
+            keep_alive
+            and not state.draining
+            and self._served < state.config.max_requests_per_connection
+        )
+        return request, keep_alive
 
     def _head(
         self, response: Response, request: Request | None, keep_alive: bool, framing: bytes
@@ -437,7 +491,7 @@ class Connection(asyncio.Protocol):
             self._write_paused_at is not None and now - self._write_paused_at > config.write_timeout
         ):
             self.transport.abort()
-        elif self._in_message and self._task is None:
+        elif self._in_message and self._answering is None:
             if now - self.message_started > config.request_deadline:
                 self._in_message = False
                 self._error = RequestTimeout(
@@ -445,8 +499,8 @@ class Connection(asyncio.Protocol):
                 )
                 self._queue.append(self._error)
                 self._pause()
-                self._task = asyncio.get_running_loop().create_task(self._run())
-        elif self._task is None and not self._queue:
+                self._serve()
+        elif self._answering is None and not self._queue:
             limit = 0.0 if self.state.draining else config.idle_timeout
             if now - self.last_activity >= limit:
                 self._close()

@@ -12,12 +12,13 @@ import base64
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
 
 from sluice.app import App, FixedResponse, Redirect, Target
-from sluice.broker.contract import Broker, OutgoingMessage
+from sluice.broker.contract import Broker, OutgoingMessage, SendOutcome, SendResult, SendsSoon
 from sluice.config import ACCOUNT_ID
 from sluice.errors import Throttled, ValidationError
 from sluice.events.http import (
@@ -48,7 +49,12 @@ BODY_ENCODING_ATTRIBUTE = "sluice-body-encoding"
 
 
 class Endpoint(Protocol):
-    def __call__(self, request: Request, params: dict[str, str]) -> Awaitable[Response]: ...
+    """Answers at once (a `Response`), or later: a future or a coroutine of one. Errors are
+    raised (at once, or by the future or coroutine) as `SluiceError`s."""
+
+    def __call__(
+        self, request: Request, params: dict[str, str]
+    ) -> Response | Awaitable[Response]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +203,7 @@ class QueueTarget:
         self.queue = queue
         self.broker = c.broker
         self.fifo = queue.endswith(".fifo")
+        self.send_soon = c.broker.send_soon if isinstance(c.broker, SendsSoon) else None
         self.forward = tuple(h.lower() for h in binding.forward_headers)
         self.accepted = binding.accepted
         self.guard = (
@@ -211,13 +218,34 @@ class QueueTarget:
             else None
         )
 
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+    def __call__(
+        self, request: Request, params: dict[str, str]
+    ) -> asyncio.Future[Response] | Awaitable[Response]:
+        message = self._message(request)
+        if self.send_soon is None or self.guard is not None:
+            return self._send(message)
+        # No task and no coroutine per request: the broker's answer writes the 202.
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.send_soon(self.queue, [message], partial(self._answer, answer))
+        return answer
+
+    async def _send(self, message: OutgoingMessage) -> Response:
         if self.guard is not None:
             await self.guard.check()
-        message = self._message(request)
         result = (await self.broker.send(self.queue, [message]))[0]
         if self.guard is not None:
             self.guard.sent()
+        return self._accepted(result)
+
+    def _answer(self, answer: asyncio.Future[Response], outcome: SendOutcome) -> None:
+        if answer.done():
+            return
+        if isinstance(outcome, BaseException):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(self._accepted(outcome[0]))
+
+    def _accepted(self, result: SendResult) -> Response:
         body = accepted_body(self.accepted, messageId=result.message_id)
         return Response(202, [(b"content-type", JSON)], body)
 
@@ -249,9 +277,9 @@ def build_target(target: Target, binding: Binding, c: Collaborators) -> Endpoint
         return endpoint
     validator = BodyValidator(binding.schema, binding.route_key)
 
-    async def validated(request: Request, params: dict[str, str]) -> Response:
+    def validated(request: Request, params: dict[str, str]) -> Response | Awaitable[Response]:
         validator(request.body)
-        return await endpoint(request, params)
+        return endpoint(request, params)
 
     return validated
 

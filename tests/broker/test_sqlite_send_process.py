@@ -1,0 +1,162 @@
+"""The SQLite broker's send process: what happens to each send when the child dies, when its
+parent dies, when it cannot start; `send_soon`'s answers. (The broker contract suite runs on it
+too: the ``sqlite-send-process`` backend.)"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sluice.broker.contract import OutgoingMessage, QueueConfig, SendOutcome
+from sluice.broker.send_process import SendProcess
+from sluice.broker.sqlite import SQLiteBroker
+from sluice.errors import QueueDoesNotExist, SluiceError, Unavailable
+
+
+def child_pid(broker: SQLiteBroker) -> int:
+    process = broker._send_process
+    assert process is not None and process._transport is not None
+    return int(process._transport.get_pid())
+
+
+async def drain(broker: SQLiteBroker, queue: str) -> set[str]:
+    bodies: set[str] = set()
+    while batch := await broker.receive(queue, 10):
+        bodies.update(m.body for m in batch)
+        await broker.delete(queue, [m.receipt_handle for m in batch])
+    return bodies
+
+
+def test_child_killed_mid_stream_loses_no_acknowledged_send(tmp_path: Path) -> None:
+    asyncio.run(_child_killed_mid_stream_loses_no_acknowledged_send(tmp_path))
+
+
+async def _child_killed_mid_stream_loses_no_acknowledged_send(tmp_path: Path) -> None:
+    async with SQLiteBroker(tmp_path / "b.db", send_process=True) as broker:
+        await broker.create_queue(QueueConfig("q"))
+        acked: set[str] = set()
+        refused: list[SluiceError] = []
+        stop = asyncio.Event()
+
+        async def sender(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                body = f"{n}-{i}"
+                i += 1
+                try:
+                    await broker.send("q", [OutgoingMessage(body)])
+                except Unavailable as error:
+                    refused.append(error)
+                    await asyncio.sleep(0.01)
+                else:
+                    acked.add(body)
+
+        senders = [asyncio.create_task(sender(n)) for n in range(16)]
+        while len(acked) < 500:
+            await asyncio.sleep(0.01)
+        first = child_pid(broker)
+        os.kill(first, signal.SIGKILL)
+        before = len(acked)
+        while len(acked) < before + 500:  # a new child took over
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*senders)
+        assert child_pid(broker) != first
+        assert refused, "the sends in flight when the child died must fail, not hang"
+        assert all("unknown" in e.message or "not running" in e.message for e in refused)
+        stored = await drain(broker, "q")
+    assert acked <= stored  # every acknowledged send is stored; refused ones may be too
+
+
+def test_child_commits_and_exits_when_its_parent_dies(tmp_path: Path) -> None:
+    asyncio.run(_child_commits_and_exits_when_its_parent_dies(tmp_path))
+
+
+async def _child_commits_and_exits_when_its_parent_dies(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from sluice.broker.contract import OutgoingMessage, QueueConfig
+        from sluice.broker.sqlite import SQLiteBroker
+
+        async def main():
+            broker = SQLiteBroker({str(db)!r}, send_process=True)
+            await broker.start()
+            await broker.create_queue(QueueConfig("q"))
+            n = 0
+            while True:
+                await broker.send("q", [OutgoingMessage(str(n))])
+                print(n, flush=True)
+                n += 1
+
+        asyncio.run(main())
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        acked = [parent.stdout.readline() for _ in range(200)]
+        children = psutil.Process(parent.pid).children()
+        assert len(children) == 1
+        parent.kill()
+        parent.wait(10)
+        children[0].wait(10)  # it saw the end of its input and exited by itself
+        acked += parent.stdout.read().splitlines()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    async with SQLiteBroker(db) as broker:
+        stored = await drain(broker, "q")
+    assert {line.strip() for line in acked if line.strip()} <= stored
+
+
+def test_a_child_that_cannot_open_the_database_is_unavailable(tmp_path: Path) -> None:
+    asyncio.run(_a_child_that_cannot_open_the_database_is_unavailable(tmp_path))
+
+
+async def _a_child_that_cannot_open_the_database_is_unavailable(tmp_path: Path) -> None:
+    process = SendProcess(tmp_path / "missing" / "b.db", {})
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="could not open"):
+        await process.start()
+    assert time.monotonic() - started < 10
+
+
+def test_send_soon_answers_with_results_or_the_error(tmp_path: Path) -> None:
+    asyncio.run(_send_soon_answers_with_results_or_the_error(tmp_path))
+
+
+async def _send_soon_answers_with_results_or_the_error(tmp_path: Path) -> None:
+    async with SQLiteBroker(tmp_path / "b.db", send_process=True) as broker:
+        await broker.create_queue(QueueConfig("q"))
+        await broker.create_queue(QueueConfig("q.fifo"))
+        loop = asyncio.get_running_loop()
+        answers: dict[str, asyncio.Future[SendOutcome]] = {}
+        for queue, message in [
+            ("q", OutgoingMessage("standard")),
+            ("q.fifo", OutgoingMessage("fifo", group_id="g", deduplication_id="d")),  # a task
+            ("nope", OutgoingMessage("lost")),
+        ]:
+            answers[queue] = future = loop.create_future()
+            broker.send_soon(queue, [message], future.set_result)
+        standard, fifo, missing = [await answers[q] for q in ("q", "q.fifo", "nope")]
+        assert isinstance(standard, list) and isinstance(fifo, list)
+        assert standard[0].md5_of_body == hashlib.md5(b"standard").hexdigest()
+        assert isinstance(missing, QueueDoesNotExist)
+        received = await broker.receive("q", 10)
+        assert [(m.message_id, m.body) for m in received] == [(standard[0].message_id, "standard")]
+        assert received[0].md5_of_body == standard[0].md5_of_body

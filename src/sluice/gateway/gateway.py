@@ -119,6 +119,8 @@ class Gateway:
         if isinstance(answer, Response):
             return self._finish(request, key, answer, started)
         if asyncio.isfuture(answer):
+            if self.cors is None and not self._logging():
+                return answer  # nothing to add to it: the server answers it (or its error)
             finished: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
             answer.add_done_callback(partial(self._settled, finished, request, key, started))
             return finished
@@ -157,9 +159,12 @@ class Gateway:
     def _finish(self, request: Request, key: str, response: Response, started: float) -> Response:
         if self.cors is not None:
             self.cors.decorate(request, response)
-        if self.config.access_log and access_log.isEnabledFor(logging.INFO):
+        if self._logging():
             self._log(request, response, key, started)
         return response
+
+    def _logging(self) -> bool:
+        return self.config.access_log and access_log.isEnabledFor(logging.INFO)
 
     def _dispatch(self, request: Request) -> tuple[str, Response | Awaitable[Response]]:
         path = request.path

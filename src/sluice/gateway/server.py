@@ -36,7 +36,8 @@ from sluice.gateway.wire import Request, Response, error_response, json_response
 log = logging.getLogger("sluice.gateway")
 
 # A handler answers at once (a Response), or later: a future is waited for with a callback (no
-# task), anything else awaitable (a coroutine) runs as a task.
+# task), anything else awaitable (a coroutine) runs as a task. A `SluiceError` it raises (at once or
+# later) is answered as its JSON error; any other exception as a 500.
 Handler = Callable[[Request], Response | Awaitable[Response]]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -56,8 +57,11 @@ def _status_line(status: int, reason: str | None) -> bytes:
 _STATUS_LINES = {status: _status_line(status, None) for status in _REASONS}
 
 
-def _internal_error(request: Request) -> Response:
-    log.exception("unhandled error answering %s %s", request.method, request.path)
+def _failed(request: Request, error: BaseException, retry_after: float) -> Response:
+    """The answer to a request whose handler raised ``error``: a `SluiceError` names itself."""
+    if isinstance(error, SluiceError):
+        return error_response(error, retry_after)
+    log.error("unhandled error answering %s %s", request.method, request.path, exc_info=error)
     return json_response(500, {"error": "InternalError", "message": "internal gateway error"})
 
 
@@ -310,8 +314,8 @@ class Connection(asyncio.Protocol):
             request, _ = item
             try:
                 answer = self.state.handler(request)
-            except Exception:
-                answer = _internal_error(request)
+            except Exception as error:
+                answer = _failed(request, error, self.state.config.retry_after)
             self._answering = item
             if not isinstance(answer, Response):
                 if asyncio.isfuture(answer):
@@ -331,17 +335,17 @@ class Connection(asyncio.Protocol):
             return  # the connection was cut meanwhile
         try:
             response = future.result()
-        except BaseException:
-            response = _internal_error(self._answering[0])
+        except BaseException as error:
+            response = _failed(self._answering[0], error, self.state.config.retry_after)
         if self._respond(response):
             self._serve()
 
     async def _await(self, answer: Awaitable[Response]) -> None:
         try:
             response = await answer
-        except Exception:
+        except Exception as error:
             assert self._answering is not None
-            response = _internal_error(self._answering[0])
+            response = _failed(self._answering[0], error, self.state.config.retry_after)
         self._task = None
         if self._respond(response):
             self._serve()

@@ -1,12 +1,14 @@
-"""Where a durable queue request's CPU goes: the server, the gateway, the broker's two threads.
+"""Where a gateway request's CPU goes: the server, the gateway, the broker, the environments.
 
     .venv/bin/python benchmarks/gateway_profile.py [--duration 4] [--connections 64]
 
 Serves, in this process (so each thread's CPU time can be read), Sluice's `HttpServer` with a
-hello-world handler, then the gateway of ``gateway_app`` on a real SQLite broker, and loads each
-path with wrk. For every path: requests/s, and CPU microseconds per request of the event-loop
-thread and of the whole process (the difference is the SQLite writer thread). Then, as
-diagnostics, the queue route with parts of its durable path taken out (`diagnostic`). Writes
+hello-world handler, then the gateway of ``gateway_app`` on a real SQLite broker whose sends a
+send process commits (as the gateway role runs it), and loads each path with wrk. For every path:
+requests/s, CPU microseconds per request of the event-loop thread, of this whole process and of
+its children (the environments, the send process). Side by side: the queue route with its sends
+committed by a writer thread in this process (how it was before the send process), and a
+diagnostic with the send answered at once (nothing stored). Writes
 ``benchmarks/results/gateway_profile.{json,md}``.
 """
 
@@ -19,11 +21,9 @@ import functools
 import os
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from queue import SimpleQueue
 from typing import Any
 from unittest.mock import patch
 
@@ -34,8 +34,7 @@ from gateway_bench import post_script, run_wrk
 from harness import LOG_DIR, Report, Result, WrkOptions, console
 
 from sluice.broker.contract import SendResult
-from sluice.broker.groupcommit import GroupCommitWriter
-from sluice.broker.sqlite import SQLiteBroker, _prepare_standard
+from sluice.broker.sqlite import SQLiteBroker
 from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.gateway import Gateway, GatewayConfig
 from sluice.gateway.server import HttpServer
@@ -45,16 +44,10 @@ from sluice.runtime.pool import Runtime
 APP_FILE = Path(__file__).resolve().parent / "gateway_app.py"
 
 GROUP = "CPU per request, server in this process"
-DIAGNOSTICS = (
-    ("no-insert", "writer thread checks the sends, inserts nothing"),
-    ("thread-only", "a thread resolves the sends, no SQLite"),
-    ("loop-only", "the loop resolves the sends, no thread, no SQLite"),
-    ("no-send", "the broker's send returns at once, nothing stored"),
-)
 
 
 def _children_cpu() -> dict[int, float]:
-    """CPU seconds so far of each process below this one (the runtime's environments)."""
+    """CPU seconds so far of each process below this one (environments, the send process)."""
     cpu = {}
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
@@ -70,64 +63,11 @@ def _idle_seconds() -> float:
     return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")  # idle + iowait
 
 
-@contextlib.contextmanager
-def diagnostic(mode: str) -> Iterator[None]:
-    """Take parts out of the durable path to see what each costs (never Sluice as shipped):
-    "no-insert": the writer thread runs, checks the sends and commits nothing; "thread-only": a
-    bare thread resolves each group's futures (no SQLite); "loop-only": the event loop resolves
-    them itself (no thread, nothing stored); "no-send": the broker's send returns at once."""
-    if mode == "no-send":
-
-        async def sent(self: SQLiteBroker, queue: str, messages: Any) -> list[SendResult]:
-            return [SendResult("id", "md5")]
-
-        with patch.object(SQLiteBroker, "send", sent):
-            yield
-        return
-    if mode == "no-insert":
-        original = SQLiteBroker._send_standard_alone
-
-        def prepared_only(self: SQLiteBroker, conn: Any, sends: list[Any]) -> Any:
-            queue = self._queues.get(sends[0].queue)
-            return (
-                original(self, conn, sends) if queue is None else _prepare_standard(queue, sends)[1]
-            )
-
-        with patch.object(SQLiteBroker, "_send_standard_alone", prepared_only):
-            yield
-        return
-    pending: list[asyncio.Future[Any]] = []
-    handed: SimpleQueue[tuple[asyncio.AbstractEventLoop, list[Any]]] = SimpleQueue()
-
-    def settle(futures: list[asyncio.Future[Any]]) -> None:
-        for future in futures:
-            if not future.done():
-                future.set_result([SendResult("id", "md5")])
-
-    def resolver() -> None:
-        while True:
-            loop, futures = handed.get()
-            loop.call_soon_threadsafe(settle, futures)
-
-    def flush(loop: asyncio.AbstractEventLoop) -> None:
-        futures = pending[:]
-        pending.clear()
-        if mode == "loop-only":
-            settle(futures)
-        else:
-            handed.put((loop, futures))
-
-    async def submit_batched(self: Any, key: Any, fn: Any, item: Any, **_: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not pending:
-            loop.call_soon(flush, loop)
-        pending.append(future)
-        return await future
-
-    threading.Thread(target=resolver, daemon=True).start()
-    with patch.object(GroupCommitWriter, "submit_batched", submit_batched):
-        yield
+def _answer_at_once(
+    self: SQLiteBroker, queue: str, messages: Sequence[Any], done: Callable[[Any], None]
+) -> None:
+    """Diagnostic only: a send answered at once, nothing stored."""
+    done([SendResult("id", "md5") for _ in messages])
 
 
 async def measure(
@@ -154,12 +94,28 @@ async def measure(
             "process µs/req": round(proc_cpu / n * 1e6, 1),
             "process CPU %": round(proc_cpu / options.duration * 100),
             "machine idle %": round(idle * 100),
-            "environments µs/req": round(envs_cpu / n * 1e6, 1),
+            "children µs/req": round(envs_cpu / n * 1e6, 1),
             "p50 ms": round(result.p50_ms, 3),
             "errors": result.errors,
         },
         settings=options.settings(),
     )
+
+
+async def gateway_on(broker: SQLiteBroker, runtime: Runtime | None = None) -> Gateway:
+    for queue in app.queues.values():
+        await broker.create_queue(queue)
+    for internal in async_queue_configs(app.functions.values()):
+        await broker.create_queue(internal)
+    submit: Callable[[str, bytes], Awaitable[str]] = functools.partial(submit_async, broker)
+    gateway = Gateway(app, broker, runtime or NoInvoker(), submit, GatewayConfig(access_log=False))
+    await gateway.serve("127.0.0.1", 0)
+    return gateway
+
+
+class NoInvoker:
+    async def invoke(self, function: str, payload: bytes, **_: Any) -> Any:
+        raise AssertionError("this gateway serves no synchronous route")
 
 
 async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
@@ -169,38 +125,45 @@ async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
     await hello.start("127.0.0.1", 0)
     results.append(await measure("Sluice HttpServer, hello world", hello.port, "/", options, None))
     await hello.close(1)
-    broker = SQLiteBroker(workdir / "broker.db")
+    # As the gateway role runs it: sends committed by the broker's send process.
+    broker = SQLiteBroker(workdir / "broker.db", send_process=True)
     await broker.start()
-    for queue in app.queues.values():
-        await broker.create_queue(queue)
-    for internal in async_queue_configs(app.functions.values()):
-        await broker.create_queue(internal)
-    submit: Callable[[str, bytes], Awaitable[str]] = functools.partial(submit_async, broker)
     _, source = load_app(str(APP_FILE))
     runtime = Runtime(source.ref, app.functions)
     await runtime.start()
-    gateway = Gateway(app, broker, runtime, submit, GatewayConfig(access_log=False))
-    await gateway.serve("127.0.0.1", 0)
+    gateway = await gateway_on(broker, runtime)
+    # For comparison, the same routes with sends committed by a writer thread in this process.
+    threaded = SQLiteBroker(workdir / "threaded.db")
+    await threaded.start()
+    thread_gateway = await gateway_on(threaded)
     try:
-        for name, path, post in [
-            ("gateway, FixedResponse route (no backend)", "/fixed", False),
-            ("gateway + runtime, sync route -> no-op function", "/noop", False),
-            ("gateway, queue route, durable 202 (POST JSON)", "/enqueue", True),
-            ("gateway, async route, durable 202 (POST JSON)", "/jobs", True),
+        for name, port, path, post in [
+            ("gateway, FixedResponse route (no backend)", gateway.port, "/fixed", False),
+            ("gateway + runtime, sync route -> no-op function", gateway.port, "/noop", False),
+            ("gateway, queue route, durable 202 (POST JSON)", gateway.port, "/enqueue", True),
+            ("gateway, async route, durable 202 (POST JSON)", gateway.port, "/jobs", True),
+            (
+                "the same queue route, sends committed by a writer thread in this process",
+                thread_gateway.port,
+                "/enqueue",
+                True,
+            ),
         ]:
             console().log(f"gateway profile: {name}")
-            results.append(
-                await measure(name, gateway.port, path, options, script if post else None)
-            )
-        for mode, what in DIAGNOSTICS:
-            console().log(f"gateway profile: queue route, {mode}")
-            with diagnostic(mode):
-                name = f"diagnostic: queue route, {what}"
-                results.append(await measure(name, gateway.port, "/enqueue", options, script))
+            results.append(await measure(name, port, path, options, script if post else None))
+        async with SQLiteBroker(workdir / "unused.db") as unused:
+            with patch.object(SQLiteBroker, "send_soon", _answer_at_once):
+                diagnostic = await gateway_on(unused)
+            name = "diagnostic: queue route, the send answered at once, nothing stored"
+            console().log(f"gateway profile: {name}")
+            results.append(await measure(name, diagnostic.port, "/enqueue", options, script))
+            await diagnostic.shutdown(1)
     finally:
         await gateway.shutdown(1)
+        await thread_gateway.shutdown(1)
         await runtime.close()
         await broker.close()
+        await threaded.close()
     return results
 
 
@@ -223,8 +186,8 @@ def main(argv: Sequence[str]) -> None:
         "is the idle share of all CPUs (/proc/stat) during the run."
     )
     report.notes.append(
-        "Diagnostic rows take parts out of the durable path (nothing is stored in the last two): "
-        "what each part costs, not what Sluice does."
+        "The diagnostic row stores nothing (its broker's send_soon answers at once): what the "
+        "gateway's queue path costs without the durable send, not what Sluice does."
     )
     report.write()
     print(report.markdown())

@@ -47,7 +47,9 @@ log = logging.getLogger("sluice.broker")
 
 Done = Callable[[SluiceError | None], None]  # told a send's outcome: None when it is committed
 START_TIMEOUT = 30.0  # seconds for the child to open the database
-STOP_TIMEOUT = 30.0  # seconds for the child to commit what it has and exit
+STOP_TIMEOUT = 30.0
+# Frames written and not answered yet: one being committed, one waiting for the child to read it.
+MAX_FRAMES_IN_FLIGHT = 2  # seconds for the child to commit what it has and exit
 _LENGTH = 4
 
 
@@ -84,6 +86,7 @@ class SendProcess:
         self._closed = False
         # This iteration's encoded sends with their callbacks; then each written frame's callbacks.
         self._gathering: list[tuple[bytes, Done]] = []
+        self._flush_soon = False
         self._in_flight: collections.deque[list[Done]] = collections.deque()
 
     async def start(self) -> None:
@@ -126,8 +129,7 @@ class SendProcess:
         if pipes is None:
             return
         if transport is not None and self._stdin is not None:
-            if self._gathering:
-                self._flush()
+            self._flush(at_once=True)
             self._stdin.close()
         try:
             await asyncio.wait_for(asyncio.shield(pipes.exited), STOP_TIMEOUT)
@@ -161,14 +163,19 @@ class SendProcess:
             encoded = orjson.dumps((send.queue, send.now, send.ids, messages))
         except TypeError as error:
             raise ValidationError(f"a message is not JSON-representable: {error}") from None
-        if not self._gathering:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._gathering.append((encoded, done))
+        if not self._flush_soon and len(self._in_flight) < MAX_FRAMES_IN_FLIGHT:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush(self) -> None:
-        gathered, self._gathering = self._gathering, []
-        if not gathered:
+    def _flush(self, *, at_once: bool = False) -> None:
+        """Write what this iteration gathered as one frame, unless the child already has
+        `MAX_FRAMES_IN_FLIGHT` to answer (then its next answer writes it, with all gathered
+        until then: one frame, one wake-up of the child, one answer for all of it)."""
+        self._flush_soon = False
+        if not self._gathering or (len(self._in_flight) >= MAX_FRAMES_IN_FLIGHT and not at_once):
             return
+        gathered, self._gathering = self._gathering, []
         callbacks = [done for _, done in gathered]
         if self._stdin is None or self._stdin.is_closing():
             _answer(callbacks, Unavailable("the SQLite send process is not running"))
@@ -183,6 +190,7 @@ class SendProcess:
             self._ready.set_result(None)
             return
         callbacks = self._in_flight.popleft()
+        self._flush()  # what gathered while the child worked: it reads it as soon as it can
         for done, outcome in zip(callbacks, orjson.loads(payload), strict=True):
             _call(done, None if outcome is None else error_for(*outcome))
 
@@ -200,6 +208,8 @@ class SendProcess:
         )
         while self._in_flight:
             _answer(self._in_flight.popleft(), error)
+        gathered, self._gathering = self._gathering, []  # never handed over: not stored
+        _answer([done for _, done in gathered], Unavailable("the SQLite send process ended"))
 
 
 def _call(done: Done, error: SluiceError | None) -> None:

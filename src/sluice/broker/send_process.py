@@ -47,9 +47,9 @@ log = logging.getLogger("sluice.broker")
 
 Done = Callable[[SluiceError | None], None]  # told a send's outcome: None when it is committed
 START_TIMEOUT = 30.0  # seconds for the child to open the database
-STOP_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0  # seconds for the child to commit what it has and exit
 # Frames written and not answered yet: one being committed, one waiting for the child to read it.
-MAX_FRAMES_IN_FLIGHT = 2  # seconds for the child to commit what it has and exit
+MAX_FRAMES_IN_FLIGHT = 2
 _LENGTH = 4
 
 

@@ -27,9 +27,9 @@ from sluice.gateway.errors import RouteNotFound
 from sluice.gateway.openapi import openapi_document
 from sluice.gateway.routing import RouteTable
 from sluice.gateway.rules import RuleTable
-from sluice.gateway.server import HttpServer
+from sluice.gateway.server import HttpServer, failure_response
 from sluice.gateway.targets import Binding, Collaborators, Endpoint, SubmitAsync, build_target
-from sluice.gateway.wire import JSON, Request, Response, error_response, json_response
+from sluice.gateway.wire import JSON, Request, Response, json_response
 from sluice.runtime.contract import Invoker
 
 log = logging.getLogger("sluice.gateway")
@@ -118,9 +118,9 @@ class Gateway:
             return self._finish(request, "-", self._failure(request, exc), started)
         if isinstance(answer, Response):
             return self._finish(request, key, answer, started)
+        if self.cors is None and not self._logging():
+            return answer  # nothing to add to it: the server answers it (or its error)
         if asyncio.isfuture(answer):
-            if self.cors is None and not self._logging():
-                return answer  # nothing to add to it: the server answers it (or its error)
             finished: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
             answer.add_done_callback(partial(self._settled, finished, request, key, started))
             return finished
@@ -151,10 +151,7 @@ class Gateway:
         return self._finish(request, key, response, started)
 
     def _failure(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, SluiceError):
-            return error_response(exc, self.config.retry_after)
-        log.error("request %s failed", request.request_id, exc_info=exc)
-        return json_response(500, {"error": "InternalError", "message": "internal gateway error"})
+        return failure_response(request, exc, self.config.retry_after)
 
     def _finish(self, request: Request, key: str, response: Response, started: float) -> Response:
         if self.cors is not None:

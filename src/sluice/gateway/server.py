@@ -57,7 +57,7 @@ def _status_line(status: int, reason: str | None) -> bytes:
 _STATUS_LINES = {status: _status_line(status, None) for status in _REASONS}
 
 
-def _failed(request: Request, error: BaseException, retry_after: float) -> Response:
+def failure_response(request: Request, error: BaseException, retry_after: float) -> Response:
     """The answer to a request whose handler raised ``error``: a `SluiceError` names itself."""
     if isinstance(error, SluiceError):
         return error_response(error, retry_after)
@@ -315,7 +315,7 @@ class Connection(asyncio.Protocol):
             try:
                 answer = self.state.handler(request)
             except Exception as error:
-                answer = _failed(request, error, self.state.config.retry_after)
+                answer = failure_response(request, error, self.state.config.retry_after)
             self._answering = item
             if not isinstance(answer, Response):
                 if asyncio.isfuture(answer):
@@ -336,7 +336,7 @@ class Connection(asyncio.Protocol):
         try:
             response = future.result()
         except BaseException as error:
-            response = _failed(self._answering[0], error, self.state.config.retry_after)
+            response = failure_response(self._answering[0], error, self.state.config.retry_after)
         if self._respond(response):
             self._serve()
 
@@ -345,7 +345,7 @@ class Connection(asyncio.Protocol):
             response = await answer
         except Exception as error:
             assert self._answering is not None
-            response = _failed(self._answering[0], error, self.state.config.retry_after)
+            response = failure_response(self._answering[0], error, self.state.config.retry_after)
         self._task = None
         if self._respond(response):
             self._serve()

@@ -30,7 +30,7 @@ from unittest.mock import patch
 import psutil
 import uvloop
 from gateway_app import _hello, app, raise_nofile
-from gateway_bench import post_script, run_wrk
+from gateway_bench import median_round, post_script, run_wrk
 from harness import LOG_DIR, Report, Result, WrkOptions, console
 
 from sluice.broker.contract import SendResult
@@ -118,13 +118,12 @@ class NoInvoker:
         raise AssertionError("this gateway serves no synchronous route")
 
 
-async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
+async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Result]:
+    """Every row once per round (in reverse order every other round, so that no row always
+    follows the same one); per row, its median round."""
     script = post_script(workdir)
-    results = []
     hello = HttpServer(GatewayConfig(access_log=False), _hello)
     await hello.start("127.0.0.1", 0)
-    results.append(await measure("Sluice HttpServer, hello world", hello.port, "/", options, None))
-    await hello.close(1)
     # As the gateway role runs it: sends committed by the broker's send process.
     broker = SQLiteBroker(workdir / "broker.db", send_process=True)
     await broker.start()
@@ -132,45 +131,55 @@ async def profile(options: WrkOptions, workdir: Path) -> list[Result]:
     runtime = Runtime(source.ref, app.functions)
     await runtime.start()
     gateway = await gateway_on(broker, runtime)
-    # For comparison, the same routes with sends committed by a writer thread in this process.
+    # For comparison, the same route with sends committed by a writer thread in this process.
     threaded = SQLiteBroker(workdir / "threaded.db")
     await threaded.start()
     thread_gateway = await gateway_on(threaded)
+    unused = SQLiteBroker(workdir / "unused.db")
+    await unused.start()
+    with patch.object(SQLiteBroker, "send_soon", _answer_at_once):
+        diagnostic = await gateway_on(unused)
+    rows = [
+        ("Sluice HttpServer, hello world", hello.port, "/", False),
+        ("gateway, FixedResponse route (no backend)", gateway.port, "/fixed", False),
+        ("gateway + runtime, sync route -> no-op function", gateway.port, "/noop", False),
+        ("gateway, queue route, durable 202 (POST JSON)", gateway.port, "/enqueue", True),
+        ("gateway, async route, durable 202 (POST JSON)", gateway.port, "/jobs", True),
+        (
+            "the same queue route, sends committed by a writer thread in this process",
+            thread_gateway.port,
+            "/enqueue",
+            True,
+        ),
+        (
+            "diagnostic: queue route, the send answered at once, nothing stored",
+            diagnostic.port,
+            "/enqueue",
+            True,
+        ),
+    ]
+    measured: dict[str, list[Result]] = {name: [] for name, *_ in rows}
     try:
-        for name, port, path, post in [
-            ("gateway, FixedResponse route (no backend)", gateway.port, "/fixed", False),
-            ("gateway + runtime, sync route -> no-op function", gateway.port, "/noop", False),
-            ("gateway, queue route, durable 202 (POST JSON)", gateway.port, "/enqueue", True),
-            ("gateway, async route, durable 202 (POST JSON)", gateway.port, "/jobs", True),
-            (
-                "the same queue route, sends committed by a writer thread in this process",
-                thread_gateway.port,
-                "/enqueue",
-                True,
-            ),
-        ]:
-            console().log(f"gateway profile: {name}")
-            results.append(await measure(name, port, path, options, script if post else None))
-        async with SQLiteBroker(workdir / "unused.db") as unused:
-            with patch.object(SQLiteBroker, "send_soon", _answer_at_once):
-                diagnostic = await gateway_on(unused)
-            name = "diagnostic: queue route, the send answered at once, nothing stored"
-            console().log(f"gateway profile: {name}")
-            results.append(await measure(name, diagnostic.port, "/enqueue", options, script))
-            await diagnostic.shutdown(1)
+        for round_no in range(rounds):
+            for name, port, path, post in rows if round_no % 2 == 0 else rows[::-1]:
+                console().log(f"gateway profile, round {round_no + 1}: {name}")
+                result = await measure(name, port, path, options, script if post else None)
+                measured[name].append(result)
     finally:
-        await gateway.shutdown(1)
-        await thread_gateway.shutdown(1)
+        for server in (gateway, thread_gateway, diagnostic):
+            await server.shutdown(1)
+        await hello.close(1)
         await runtime.close()
-        await broker.close()
-        await threaded.close()
-    return results
+        for b in (broker, threaded, unused):
+            await b.close()
+    return [median_round(results) for results in measured.values()]
 
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description="CPU per request of the gateway's paths.")
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--name", default="gateway_profile")
     args = parser.parse_args(argv)
     raise_nofile()
@@ -178,12 +187,17 @@ def main(argv: Sequence[str]) -> None:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=LOG_DIR, prefix="gateway-profile-") as tmp:
         options = WrkOptions(args.duration, args.connections)
-        for result in uvloop.run(profile(options, Path(tmp))):
+        for result in uvloop.run(profile(options, Path(tmp), args.rounds)):
             report.add(result)
     report.notes.append(
         "CPU times are thread_time() of the event-loop thread and process_time() of the whole "
         "process over the measured wrk run; wrk itself runs in its own process. 'machine idle' "
         "is the idle share of all CPUs (/proc/stat) during the run."
+    )
+    report.notes.append(
+        f"Each row is the median of {args.rounds} rounds (all rows once per round, the order "
+        "reversed every other round; every round's figure beside it): the machine's speed "
+        "drifts by ±25 % within minutes, so compare rows, not runs."
     )
     report.notes.append(
         "The diagnostic row stores nothing (its broker's send_soon answers at once): what the "

@@ -153,10 +153,14 @@ def test_two_processes_send_and_receive_concurrently(db: Path, run: Run[Any]) ->
     assert sorted(received[0] + received[1]) == sorted(sent)
 
 
-def test_full_database_gives_unavailable_and_stores_nothing(db: Path, run: Run[Any]) -> None:
+@pytest.mark.parametrize("send_process", [False, True], ids=["writer-thread", "send-process"])
+def test_full_database_gives_unavailable_and_stores_nothing(
+    db: Path, run: Run[Any], send_process: bool
+) -> None:
     async def scenario() -> None:
         # 40 pages of 4 KiB: room for a little over 100 KiB of messages.
-        async with SQLiteBroker(db, pragmas={"max_page_count": 40}) as broker:
+        pragmas = {"max_page_count": 40}
+        async with SQLiteBroker(db, pragmas=pragmas, send_process=send_process) as broker:
             await broker.create_queue(QueueConfig("jobs"))
             accepted: list[str] = []
             with pytest.raises(Unavailable, match="full"):

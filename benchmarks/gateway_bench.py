@@ -323,8 +323,9 @@ def main(argv: Sequence[str]) -> None:
     report.notes += verdicts(report, rounds)
     report.notes.append(
         "Every row is a fresh server process warmed by a 1 s wrk run; the Sluice gateway is "
-        "`sluice gateway benchmarks/gateway_app.py` (gateway + runtime, SQLite broker with "
-        f"group commit, WAL, synchronous=FULL); RLIMIT_NOFILE {nofile}; measured at "
+        "`sluice gateway benchmarks/gateway_app.py` (gateway + runtime; SQLite broker, WAL, "
+        "synchronous=FULL, sends group-committed by its send process); "
+        f"RLIMIT_NOFILE {nofile}; measured at "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
     )
     json_path, md_path = report.write()

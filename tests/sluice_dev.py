@@ -18,11 +18,16 @@ START_TIMEOUT = 30.0
 
 @contextlib.contextmanager
 def sluice_dev(
-    app: str, data_dir: Path, log_path: Path, *, cwd: Path | None = None
+    app: str,
+    data_dir: Path,
+    log_path: Path,
+    *,
+    cwd: Path | None = None,
+    options: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Yield (base URL, process); on exit SIGTERM it and wait for it to end (``returncode``)."""
     port = free_port()
-    argv = [sys.executable, "-m", "sluice.cli", "dev", app, "--data-dir", str(data_dir)]
+    argv = [sys.executable, "-m", "sluice.cli", "dev", app, "--data-dir", str(data_dir), *options]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [*argv, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=cwd

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,3 +92,22 @@ def test_mapping_disable_and_enable(dev: tuple[Path, str]) -> None:
     status = json.loads(run_cli(data, "status", "--json").stdout)
     [held] = [m for m in status["mappings"] if m["name"].endswith("held->drain")]
     assert held["enabled"] is True
+
+
+def test_access_log_is_one_json_line_per_request(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    options = ("--access-log", str(log))
+    with sluice_dev(APP, tmp_path, tmp_path / "dev.log", options=options) as (url, _):
+        with urllib.request.urlopen(f"{url}/_sluice/health") as r:
+            request_id = r.headers["apigw-requestid"]
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{url}/nowhere?x=1")
+        assert missing.value.code == 404
+        missing.value.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["method"], e["path"], e["status"]) for e in lines] == [
+        ("GET", "/_sluice/health", 200),
+        ("GET", "/nowhere", 404),
+    ]
+    assert lines[0]["requestId"] == request_id and lines[0]["routeKey"] == "internal"
+    assert lines[1]["error"] and lines[1]["ip"] == "127.0.0.1"

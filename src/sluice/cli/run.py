@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -119,8 +120,32 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("app_ref", metavar="APP", required=False)(f)
 
 
+def _access_log_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--access-log",
+        metavar="FILE",
+        default=None,
+        help="Write the gateway's access log (one JSON line per request) to FILE, '-' for "
+        "standard output. Off by default, as API Gateway's access logging is.",
+    )(f)
+
+
+def _enable_access_log(target: str | None) -> None:
+    if target is None:
+        return
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stdout) if target == "-" else logging.FileHandler(target)
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the line is the JSON object
+    access = logging.getLogger("sluice.gateway.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+
+
 @main.command()
 @_run_options
+@_access_log_option
 @click.pass_context
 def dev(
     ctx: click.Context,
@@ -128,12 +153,14 @@ def dev(
     port: int | None,
     host: str | None,
     data_dir: Path | None,
+    access_log: str | None,
 ) -> None:
     """Run APP (path/to/app.py or package.module:app) with every part in one process tree."""
     from sluice.platform import Roles
 
     if app_ref is None:
         fail("missing APP: sluice dev path/to/app.py", 2)
+    _enable_access_log(access_log)
 
     settings = settings_of(ctx).with_(control_loopback=True, **_hp(host, port, data_dir))
     _serve(settings, app_ref, Roles(dispatch=True, http=True))
@@ -155,6 +182,7 @@ def _follow_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @main.command()
 @_run_options
 @_follow_options
+@_access_log_option
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -164,11 +192,13 @@ def gateway(
     data_dir: Path | None,
     app_name: str | None,
     poll_interval: float,
+    access_log: str | None,
 ) -> None:
     """Run only the HTTP gateway of APP or of --app-name (scale out: many gateways, shared
     backends)."""
     from sluice.platform import Roles
 
+    _enable_access_log(access_log)
     settings = settings_of(ctx).with_(**_hp(host, port, data_dir))
     _serve_either(settings, app_ref, app_name, Roles(dispatch=False, http=True), poll_interval)
 

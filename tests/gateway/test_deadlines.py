@@ -1,5 +1,5 @@
-"""Deadlines: a call is cancelled no earlier than its timeout and at most a slot later; other
-cancellations pass through untouched."""
+"""Deadlines: a call expires no earlier than its timeout and at most a slot later; a call that
+finishes in time never expires."""
 
 from __future__ import annotations
 
@@ -13,11 +13,20 @@ RESOLUTION = 0.02
 
 
 async def _wait(deadlines: Deadlines, timeout: float, sleep: float) -> str:
-    deadline = deadlines.start(timeout)
+    """Sleep ``sleep`` s under a deadline of ``timeout`` s that cancels the sleep on expiry."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        task.cancel()
+
+    deadline = deadlines.start(timeout, expire)
     try:
         await asyncio.sleep(sleep)
     except asyncio.CancelledError:
-        if deadline.timed_out():
+        if expired:
             return "timed out"
         raise
     finally:

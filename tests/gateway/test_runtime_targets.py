@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from sluice.runtime.loader import load_app
@@ -24,3 +25,19 @@ def test_sync_routes_through_execution_environments(tmp_path: Path) -> None:
         assert failed.status == 502
         assert failed.json()["error"] == "FunctionError"
         assert "ValueError" in failed.json()["message"]
+
+
+def test_integration_timeout_abandons_the_answer_not_the_environment(tmp_path: Path) -> None:
+    """504 at the route's integration timeout (as API Gateway answers); the invocation runs on
+    to its end, and its environment serves the next request."""
+    app, source = load_app(str(APP))
+    with GatewayThread(app, tmp_path, runtime_ref=source.ref) as gw:
+        warm = request(gw.port, "GET", "/slow")  # cold start and first run: 504 too
+        assert warm.status == 504 and warm.json()["error"] == "IntegrationTimeout"
+        time.sleep(0.8)  # the invocation finishes; its environment is idle again
+        timed_out = request(gw.port, "GET", "/slow")
+        assert timed_out.status == 504
+        assert gw.runtime is not None and gw.runtime.status()["slow"]["busy"] == 1
+        time.sleep(0.8)
+        status = gw.runtime.status()["slow"]
+        assert status["busy"] == 0 and status["warm"] == 1  # finished and kept, not discarded

@@ -3,45 +3,41 @@
 `asyncio.timeout()` arms and cancels a timer per call, which is a measurable share of a sync
 request's cost in the gateway. Integration timeouts are coarse (API Gateway's default is 29 s),
 so calls are grouped into slots of ``resolution`` seconds and one timer, running only while
-something waits, cancels every call whose slot has passed: a call ends at most one slot after
+something waits, expires every call whose slot has passed: a call expires at most one slot after
 its deadline, never before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+from collections.abc import Callable
+
+log = logging.getLogger("sluice.gateway")
 
 
 class Deadline:
-    __slots__ = ("expired", "slot", "task")
+    __slots__ = ("expire", "slot")
 
-    def __init__(self, task: asyncio.Task[object], slot: int) -> None:
-        self.task = task
+    def __init__(self, expire: Callable[[], None], slot: int) -> None:
+        self.expire = expire
         self.slot = slot
-        self.expired = False
-
-    def timed_out(self) -> bool:
-        """After a CancelledError: True when it was this deadline (and nothing else) that
-        cancelled the task; the cancellation is then consumed."""
-        return self.expired and self.task.uncancel() == 0
 
 
 class Deadlines:
-    """Watches the tasks of one event loop; `start` when a call begins, `finish` when it ends."""
+    """Watches the calls of one event loop; `start` when a call begins, `finish` when it ends.
+    A call not finished by its deadline has its ``expire`` called (once)."""
 
     def __init__(self, resolution: float = 0.05) -> None:
         self._resolution = resolution
         self._slots: dict[int, set[Deadline]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self, timeout: float) -> Deadline:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("Deadlines.start() must be called from a task")
-        loop = task.get_loop()
+    def start(self, timeout: float, expire: Callable[[], None]) -> Deadline:
+        loop = asyncio.get_running_loop()
         slot = math.ceil((loop.time() + timeout) / self._resolution)
-        deadline = Deadline(task, slot)
+        deadline = Deadline(expire, slot)
         waiting = self._slots.get(slot)
         if waiting is None:
             self._slots[slot] = {deadline}
@@ -62,6 +58,8 @@ class Deadlines:
         now = loop.time() / self._resolution
         for slot in [slot for slot in self._slots if slot <= now]:
             for deadline in self._slots.pop(slot):
-                deadline.expired = True
-                deadline.task.cancel()
+                try:
+                    deadline.expire()
+                except Exception:
+                    log.exception("a deadline's expiry failed")
         self._timer = loop.call_later(self._resolution, self._tick, loop) if self._slots else None

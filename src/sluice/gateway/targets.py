@@ -20,7 +20,7 @@ import orjson
 from sluice.app import App, FixedResponse, Redirect, Target
 from sluice.broker.contract import Broker, OutgoingMessage, SendOutcome, SendResult, SendsSoon
 from sluice.config import ACCOUNT_ID
-from sluice.errors import Throttled, ValidationError
+from sluice.errors import Throttled, Unavailable, ValidationError
 from sluice.events.http import (
     HttpRequest,
     HttpResponse,
@@ -32,12 +32,12 @@ from sluice.events.http import (
 from sluice.gateway.actions import Fixed, RedirectTarget
 from sluice.gateway.backlog import BacklogGuard
 from sluice.gateway.config import GatewayConfig
-from sluice.gateway.deadlines import Deadlines
+from sluice.gateway.deadlines import Deadline, Deadlines
 from sluice.gateway.errors import FunctionFailed, IntegrationTimeout
 from sluice.gateway.proxy import ReverseProxy
 from sluice.gateway.validation import BodyValidator, accepted_body
 from sluice.gateway.wire import JSON, Request, Response
-from sluice.runtime.contract import Invoker
+from sluice.runtime.contract import InvocationResult, Invoker, InvokesSoon
 
 log = logging.getLogger("sluice.gateway")
 
@@ -136,47 +136,79 @@ class EventBuilder:
 
 
 class SyncFunction:
-    """Lambda proxy integration: invoke and wait, within the integration timeout."""
+    """Lambda proxy integration: invoke and wait, within the integration timeout. With an invoker
+    that `InvokesSoon` (the runtime) no coroutine runs per request: the invocation's future
+    settles the response's."""
 
     def __init__(self, function: str, binding: Binding, c: Collaborators) -> None:
         self.function = function
         self.events = EventBuilder(binding, c.app)
         self.invoker = c.invoker
+        self.invoke_soon = c.invoker.invoke_soon if isinstance(c.invoker, InvokesSoon) else None
         self.timeout = binding.timeout or c.config.integration_timeout
         self.retry_after = c.config.retry_after
         self.deadlines = Deadlines()
 
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
+    def __call__(self, request: Request, params: dict[str, str]) -> asyncio.Future[Response]:
         payload = self.events.event(request, params)
-        deadline = self.deadlines.start(self.timeout)
-        try:
-            result = await self.invoker.invoke(
-                self.function, payload, request_id=request.request_id
+        if self.invoke_soon is not None:
+            invocation = self.invoke_soon(self.function, payload, request_id=request.request_id)
+        else:
+            invocation = asyncio.ensure_future(
+                self.invoker.invoke(self.function, payload, request_id=request.request_id)
             )
-        except asyncio.CancelledError:
-            if deadline.timed_out():
-                raise IntegrationTimeout(
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        deadline = self.deadlines.start(self.timeout, partial(self._timed_out, answer))
+        invocation.add_done_callback(partial(self._invoked, answer, deadline))
+        return answer
+
+    def _timed_out(self, answer: asyncio.Future[Response]) -> None:
+        # As with API Gateway and Lambda, the invocation runs on to its end (or to the function's
+        # own timeout); only its answer is abandoned, and its environment serves again after.
+        if not answer.done():
+            answer.set_exception(
+                IntegrationTimeout(
                     f"function {self.function!r} did not answer within {self.timeout:g} s"
-                ) from None
-            raise
-        except Throttled as exc:
-            exc.retry_after = exc.retry_after or self.retry_after
-            raise
-        finally:
-            self.deadlines.finish(deadline)
-        if not result.ok:
-            error = result.error() or {}
-            log.info("function %s failed: %s", self.function, error)
-            raise FunctionFailed(
-                f"function {self.function!r} failed ({result.function_error}: "
-                f"{error.get('errorType', 'Error')})"
+                )
             )
+
+    def _invoked(
+        self,
+        answer: asyncio.Future[Response],
+        deadline: Deadline,
+        invocation: asyncio.Future[InvocationResult],
+    ) -> None:
+        self.deadlines.finish(deadline)
+        if answer.done():
+            return
+        if invocation.cancelled():
+            answer.set_exception(Unavailable(f"the invocation of {self.function!r} was cancelled"))
+            return
+        error = invocation.exception()
+        if error is not None:
+            if isinstance(error, Throttled):
+                error.retry_after = error.retry_after or self.retry_after
+            answer.set_exception(error)
+            return
+        result = invocation.result()
+        if not result.ok:
+            details = result.error() or {}
+            log.info("function %s failed: %s", self.function, details)
+            answer.set_exception(
+                FunctionFailed(
+                    f"function {self.function!r} failed ({result.function_error}: "
+                    f"{details.get('errorType', 'Error')})"
+                )
+            )
+            return
         try:
-            return self.events.response(result.payload)
-        except ValueError as exc:
-            raise FunctionFailed(
-                f"function {self.function!r} returned an invalid response: {exc}"
-            ) from None
+            answer.set_result(self.events.response(result.payload))
+        except ValueError as invalid:
+            answer.set_exception(
+                FunctionFailed(
+                    f"function {self.function!r} returned an invalid response: {invalid}"
+                )
+            )
 
 
 class AsyncFunction:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class LogText(Protocol):
@@ -132,4 +133,17 @@ class Invoker(Protocol):
 
         Raises `sluice.errors.FunctionNotFound` for an unknown function and
         `sluice.errors.Throttled` when the function is at its reserved concurrency."""
+        ...
+
+
+@runtime_checkable
+class InvokesSoon(Protocol):
+    """An invoker that can start an invocation without a coroutine per call (the gateway's sync
+    routes use it when the invoker offers it)."""
+
+    def invoke_soon(
+        self, function: str, payload: bytes, *, request_id: str | None = None
+    ) -> asyncio.Future[InvocationResult]:
+        """`Invoker.invoke` as a future, raising (through the future) what it raises.
+        Cancelling the future abandons the result; the invocation itself runs to its end."""
         ...

@@ -11,6 +11,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,20 @@ class _FunctionPool:
         env.close()
 
 
+def _settle(
+    future: asyncio.Future[InvocationResult],
+    error: BaseException | None,
+    outcome: InvocationResult | None,
+) -> None:
+    if future.done():  # abandoned by its caller (cancelled): the outcome goes nowhere
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert outcome is not None
+        future.set_result(outcome)
+
+
 class Runtime:
     """Runs the functions of one app in execution environments (implements `Invoker`)."""
 
@@ -90,6 +105,7 @@ class Runtime:
         self._template_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._watching = False  # the monitor runs (it stops when nothing is busy)
+        self._settling: set[asyncio.Task[InvocationResult]] = set()  # invoke_soon's, until done
         self._reaper: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -193,25 +209,107 @@ class Runtime:
                 env = await self._spawn(pool, provisioned=False)
             except _HandlerMissing:
                 return self._handler_missing(pool.spec, request_id)
-        started = time.monotonic()
-        env.deadline = deadline = started + pool.spec.timeout
-        env.busy = True
-        self._busy.add(env)
-        if not self._watching:
-            self._watching = True
-            self._monitor = asyncio.create_task(self._watch(), name="sluice-runtime-monitor")
+        started = self._busy_with(pool, env)
         try:
-            answer = await env.send(channel.encode_request(id_bytes, deadline, extra, payload))
+            answer = await env.send(channel.encode_request(id_bytes, env.deadline, extra, payload))
         except EnvironmentLost:
             return await self._stopped(pool, env, request_id, started)
         except BaseException:  # cancelled mid-invocation: the handler's state is unknown
             pool.discard(env)
             raise
         finally:
-            env.busy = False
-            env.deadline = math.inf
-            self._busy.discard(env)
+            self._not_busy(env)
         return self._answered(pool, env, request_id, answer)
+
+    def invoke_soon(
+        self, function: str, payload: bytes, *, request_id: str | None = None
+    ) -> asyncio.Future[InvocationResult]:
+        """`invoke` as a future (see `contract.InvokesSoon`). On a warm environment of a function
+        without reserved concurrency, no coroutine runs: the environment's answer settles the
+        future. Otherwise `invoke` runs as a task. Cancelling the future abandons the result,
+        not the invocation: the environment finishes it and is used again."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(function)
+        id_bytes = request_id.encode() if request_id is not None else b""
+        env = None
+        if (
+            pool is not None
+            and pool.spec.reserved_concurrency is None
+            and self._started
+            and not self._closed
+            and len(id_bytes) <= channel.MAX_ID
+        ):
+            env = pool.take_idle()
+        if pool is None or env is None:
+            return loop.create_task(self.invoke(function, payload, request_id=request_id))
+        if request_id is None:
+            request_id = self._request_ids.next()
+            id_bytes = request_id.encode()
+        started = self._busy_with(pool, env)
+        result: asyncio.Future[InvocationResult] = loop.create_future()
+        try:
+            waiter = env.send(channel.encode_request(id_bytes, env.deadline, b"", payload))
+        except EnvironmentLost as lost:
+            waiter = loop.create_future()
+            waiter.set_exception(lost)
+        waiter.add_done_callback(partial(self._settle, pool, env, request_id, started, result))
+        return result
+
+    def _settle(
+        self,
+        pool: _FunctionPool,
+        env: EnvironmentHandle,
+        request_id: str,
+        started: float,
+        result: asyncio.Future[InvocationResult],
+        waiter: asyncio.Future[channel.Answer],
+    ) -> None:
+        """An environment answered (or ended) an `invoke_soon`: release it, settle ``result``."""
+        self._not_busy(env)
+        error = None if waiter.cancelled() else waiter.exception()
+        if isinstance(error, EnvironmentLost):
+            stopped = asyncio.get_running_loop().create_task(
+                self._stopped(pool, env, request_id, started)
+            )
+            self._settling.add(stopped)
+            stopped.add_done_callback(partial(self._settled, result))
+            return
+        if waiter.cancelled() or error is not None:
+            pool.discard(env)
+            _settle(result, error or Unavailable("the invocation was cancelled"), None)
+            return
+        try:
+            outcome = self._answered(pool, env, request_id, waiter.result())
+        except Exception as refused:
+            _settle(result, refused, None)
+        else:
+            _settle(result, None, outcome)
+
+    def _settled(
+        self, result: asyncio.Future[InvocationResult], task: asyncio.Task[InvocationResult]
+    ) -> None:
+        self._settling.discard(task)
+        if task.cancelled():
+            _settle(result, Unavailable("the invocation was cancelled"), None)
+        else:
+            _settle(result, task.exception(), None if task.exception() else task.result())
+
+    def _busy_with(self, pool: _FunctionPool, env: EnvironmentHandle) -> float:
+        """Mark ``env`` busy with one invocation from now (watched for its deadline and memory);
+        the start time."""
+        started = time.monotonic()
+        env.deadline = started + pool.spec.timeout
+        env.busy = True
+        self._busy.add(env)
+        if not self._watching:
+            self._watching = True
+            self._monitor = asyncio.create_task(self._watch(), name="sluice-runtime-monitor")
+        return started
+
+    def _not_busy(self, env: EnvironmentHandle) -> None:
+        env.busy = False
+        env.deadline = math.inf
+        self._busy.discard(env)
 
     def _answered(
         self, pool: _FunctionPool, env: EnvironmentHandle, request_id: str, answer: channel.Answer

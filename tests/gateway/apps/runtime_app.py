@@ -22,3 +22,11 @@ def hello(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @app.route("POST /fail")
 def fail(event: dict[str, Any], context: Any) -> None:
     raise ValueError("nope")
+
+
+@app.route("GET /slow", timeout=0.2)  # the integration timeout; the function's own is 3 s
+def slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    import time
+
+    time.sleep(0.6)
+    return {"statusCode": 200, "headers": {"x-pid": str(os.getpid())}, "body": "late"}

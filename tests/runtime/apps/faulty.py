@@ -78,3 +78,12 @@ def scribble(event, context):
         if pipe and int(flags, 8) & os.O_ACCMODE == os.O_WRONLY:
             os.write(fd, b"\xff" * 64)
     return "written"
+
+
+@app.function(timeout=5)
+def moody(event, context):
+    """Sleeps, then exits or answers its pid, as the event says."""
+    time.sleep(event.get("sleep", 0))
+    if event.get("exit"):
+        os._exit(4)
+    return os.getpid()

@@ -137,11 +137,11 @@ class Platform:
 
     # -- operations the gateway, the CLI and clients use ---------------------------------
 
-    async def submit(self, function: str, payload: bytes) -> str:
-        """Event invoke: durable, returns the request id."""
+    async def submit(self, function: str, payload: bytes, *, request_id: str | None = None) -> str:
+        """Event invoke: durable, returns the request id (``request_id``, or a new one)."""
         self.app.get_function(function)
         assert self.broker is not None
-        return await submit_async(self.broker, function, payload)
+        return await submit_async(self.broker, function, payload, request_id=request_id)
 
     async def invoke(self, function: str, payload: bytes) -> InvocationResult:
         """RequestResponse invoke."""

@@ -233,6 +233,7 @@ def test_async_route_is_durable_before_202(gw: GatewayThread) -> None:
     r = request(gw.port, "POST", "/jobs?k=v", b'{"n": 1}')
     assert r.status == 202
     request_id = r.json()["requestId"]
+    assert request_id == r.headers["apigw-requestid"]  # the invocation's id is the request's
     [message] = gw.run(gw.broker.receive(async_queue_name("job"), 10))  # type: ignore[union-attr]
     assert message.attributes["RequestId"]["StringValue"] == request_id
     event = orjson.loads(message.body)

@@ -70,9 +70,15 @@ async def submit_async(
     except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         raise InvalidPayload(f"payload for {function!r} is not valid JSON: {exc}") from None
     request_id = request_id or str(uuid.uuid4())
-    attrs = {"RequestId": _attr(request_id), "Attempt": _attr(1), "EnqueuedAt": _attr(time.time())}
-    await broker.send(async_queue_name(function), [OutgoingMessage(body=text, attributes=attrs)])
+    await broker.send(async_queue_name(function), [event_message(text, request_id)])
     return request_id
+
+
+def event_message(payload: str, request_id: str) -> OutgoingMessage:
+    """The message on a function's internal async queue that is one Event invocation of it
+    (``payload`` is its JSON event, checked by the caller)."""
+    attrs = {"RequestId": _attr(request_id), "Attempt": _attr(1), "EnqueuedAt": _attr(time.time())}
+    return OutgoingMessage(body=payload, attributes=attrs)
 
 
 class EventInvokeHandler:

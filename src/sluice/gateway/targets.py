@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -18,8 +18,9 @@ from typing import Any, Protocol
 import orjson
 
 from sluice.app import App, FixedResponse, Redirect, Target
-from sluice.broker.contract import Broker, OutgoingMessage, SendOutcome, SendResult, SendsSoon
+from sluice.broker.contract import Broker, OutgoingMessage, SendOutcome, SendsSoon
 from sluice.config import ACCOUNT_ID
+from sluice.dispatch.async_invoke import async_queue_name, event_message
 from sluice.errors import Throttled, Unavailable, ValidationError
 from sluice.events.http import (
     HttpRequest,
@@ -41,7 +42,15 @@ from sluice.runtime.contract import InvocationResult, Invoker, InvokesSoon
 
 log = logging.getLogger("sluice.gateway")
 
-SubmitAsync = Callable[[str, bytes], Awaitable[str]]
+
+class SubmitAsync(Protocol):
+    """Stores an Event invocation of ``function`` durably; returns its request id."""
+
+    def __call__(
+        self, function: str, payload: bytes, *, request_id: str | None = None
+    ) -> Awaitable[str]: ...
+
+
 # FIFO queue targets take the group and deduplication ids from these request headers.
 GROUP_ID_HEADER = "x-message-group-id"
 DEDUP_ID_HEADER = "x-message-deduplication-id"
@@ -212,18 +221,55 @@ class SyncFunction:
 
 
 class AsyncFunction:
-    """Event invoke: the event is stored durably, then 202 with the invocation's request id."""
+    """Event invoke: the event is stored durably, then 202 with the invocation's request id (the
+    gateway's request id, as for a synchronous invoke). With a broker that `SendsSoon`, no
+    coroutine runs per request."""
 
     def __init__(self, function: str, binding: Binding, c: Collaborators) -> None:
         self.function = function
         self.events = EventBuilder(binding, c.app)
         self.submit = c.submit_async
+        self.queue = async_queue_name(function)
+        self.send_soon = c.broker.send_soon if isinstance(c.broker, SendsSoon) else None
         self.accepted = binding.accepted
 
-    async def __call__(self, request: Request, params: dict[str, str]) -> Response:
-        request_id = await self.submit(self.function, self.events.event(request, params))
-        body = accepted_body(self.accepted, requestId=request_id)
-        return Response(202, [(b"content-type", JSON)], body)
+    def __call__(
+        self, request: Request, params: dict[str, str]
+    ) -> asyncio.Future[Response] | Awaitable[Response]:
+        event = self.events.event(request, params)
+        if self.send_soon is None:
+            return self._submit(event, request.request_id)
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        request_id = request.request_id
+        message = event_message(event.decode(), request_id)  # JSON made just now: no check
+        done = partial(_settle_202, answer, self.accepted, "requestId", request_id)
+        self.send_soon(self.queue, [message], done)
+        return answer
+
+    async def _submit(self, event: bytes, request_id: str) -> Response:
+        request_id = await self.submit(self.function, event, request_id=request_id)
+        return _accepted(self.accepted, "requestId", request_id)
+
+
+def _accepted(template: Mapping[str, Any] | None, key: str, value: str) -> Response:
+    return Response(202, [(b"content-type", JSON)], accepted_body(template, **{key: value}))
+
+
+def _settle_202(
+    answer: asyncio.Future[Response],
+    template: Mapping[str, Any] | None,
+    key: str,
+    value: str | None,
+    outcome: SendOutcome,
+) -> None:
+    """A send's outcome as the 202 (its body's ``key`` is ``value``, or the message id when
+    ``value`` is None) or as the error that refused it."""
+    if answer.done():
+        return
+    if isinstance(outcome, BaseException):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(_accepted(template, key, value or outcome[0].message_id))
 
 
 class QueueTarget:
@@ -258,7 +304,8 @@ class QueueTarget:
             return self._send(message)
         # No task and no coroutine per request: the broker's answer writes the 202.
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.send_soon(self.queue, [message], partial(self._answer, answer))
+        done = partial(_settle_202, answer, self.accepted, "messageId", None)
+        self.send_soon(self.queue, [message], done)
         return answer
 
     async def _send(self, message: OutgoingMessage) -> Response:
@@ -267,19 +314,7 @@ class QueueTarget:
         result = (await self.broker.send(self.queue, [message]))[0]
         if self.guard is not None:
             self.guard.sent()
-        return self._accepted(result)
-
-    def _answer(self, answer: asyncio.Future[Response], outcome: SendOutcome) -> None:
-        if answer.done():
-            return
-        if isinstance(outcome, BaseException):
-            answer.set_exception(outcome)
-        else:
-            answer.set_result(self._accepted(outcome[0]))
-
-    def _accepted(self, result: SendResult) -> Response:
-        body = accepted_body(self.accepted, messageId=result.message_id)
-        return Response(202, [(b"content-type", JSON)], body)
+        return _accepted(self.accepted, "messageId", result.message_id)
 
     def _message(self, request: Request) -> OutgoingMessage:
         attributes: dict[str, dict[str, str]] = {}

@@ -331,8 +331,8 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _answered(self, future: asyncio.Future[Response]) -> None:
-        if self._answering is None:
-            return  # the connection was cut meanwhile
+        # (Also after the client went away: the write is then skipped, the connection closed.)
+        assert self._answering is not None
         try:
             response = future.result()
         except BaseException as error:

@@ -171,14 +171,14 @@ class Servers:
 
 
 def measure_row(
-    row: Row, servers: Servers, options: WrkOptions, script: Path, redis_url: str
+    row: Row, servers: Servers, options: WrkOptions, script: Path, redis_url: str, warmup: int = 1
 ) -> Result:
     server, port, data_dir = servers.start_args(row.server)
     url = f"http://127.0.0.1:{port}{row.path}"
     script_for_row = script if row.post else None
     extra: dict[str, float | int | str] = {}
     with server:
-        warm = WrkOptions(1, options.connections, options.threads, options.timeout)
+        warm = WrkOptions(warmup, options.connections, options.threads, options.timeout)
         run_wrk(url, warm, script_for_row)
         if row.server == "fastapi-celery":
             flush_redis_db(redis_url)
@@ -286,6 +286,12 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="seconds of load on each fresh server before it counts",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--hold-connections", type=int, default=10_000)
     parser.add_argument("--hold-threads", type=int, default=2)
@@ -313,7 +319,9 @@ def main(argv: Sequence[str]) -> None:
         for round_no in range(args.rounds):
             for row in rows:
                 console().log(f"gateway bench, round {round_no + 1}: {row.name}")
-                rounds[row.name].append(measure_row(row, servers, options, script, args.redis_url))
+                rounds[row.name].append(
+                    measure_row(row, servers, options, script, args.redis_url, args.warmup)
+                )
         for results in rounds.values():
             report.add(median_round(results))
         if args.hold_connections:
@@ -322,7 +330,8 @@ def main(argv: Sequence[str]) -> None:
             report.add(hold_connections(servers, hold, script))
     report.notes += verdicts(report, rounds)
     report.notes.append(
-        "Every row is a fresh server process warmed by a 1 s wrk run; the Sluice gateway is "
+        f"Every row is a fresh server process warmed by a {args.warmup} s wrk run; the Sluice "
+        "gateway is "
         "`sluice gateway benchmarks/gateway_app.py` (gateway + runtime; SQLite broker, WAL, "
         "synchronous=FULL, sends group-committed by its send process); "
         f"RLIMIT_NOFILE {nofile}; measured at "

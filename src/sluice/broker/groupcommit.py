@@ -59,7 +59,9 @@ def as_unavailable(error: sqlite3.Error) -> Unavailable:
 
 
 @dataclass(slots=True)
-class _Op:
+class Operation:
+    """One submitted write: a plain operation, or the gathered items of a batched one."""
+
     fn: Callable[[sqlite3.Connection], Any] | BatchFn
     loop: asyncio.AbstractEventLoop | None  # where its futures are resolved (None: no futures)
     future: asyncio.Future[Any] | None = None  # a plain operation's
@@ -86,13 +88,13 @@ class GroupCommitWriter:
     def __init__(self, connect: Connect, on_commit: Callable[[], None] | None = None) -> None:
         self._connect = connect
         self._on_commit = on_commit  # told after every group it ran (e.g. a `Checkpointer`)
-        self._pending: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[Operation | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         # Batched items of the current event-loop iteration, per (loop, key): handed to the
         # writer as one operation when the iteration's callbacks are done.
-        self._gathering: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Op] = {}
+        self._gathering: dict[tuple[asyncio.AbstractEventLoop, Hashable], Operation] = {}
 
     def start(self) -> None:
         """Open the connection on the writer thread; raise what opening it raised."""
@@ -125,7 +127,7 @@ class GroupCommitWriter:
             raise Unavailable("the SQLite broker is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.put(_Op(fn, loop, future, durable=durable, alone=alone))
+        self._pending.put(Operation(fn, loop, future, durable=durable, alone=alone))
         return await future
 
     async def submit_batched(
@@ -140,7 +142,7 @@ class GroupCommitWriter:
         future: asyncio.Future[Any] = loop.create_future()
         op = self._gathering.get((loop, key))
         if op is None:
-            op = self._gathering[(loop, key)] = _Op(fn, loop, key=key, alone=alone)
+            op = self._gathering[(loop, key)] = Operation(fn, loop, key=key, alone=alone)
             loop.call_soon(self._hand_over, loop, key)
         op.items.append(item)
         op.futures.append(future)
@@ -199,7 +201,7 @@ class GroupCommitWriter:
 
     def _refuse_leftovers(self) -> None:
         """Operations handed over after `stop` began are never run: fail them, never hang."""
-        left: list[_Op] = []
+        left: list[Operation] = []
         while True:
             try:
                 op = self._pending.get_nowait()
@@ -212,7 +214,7 @@ class GroupCommitWriter:
             self._resolve(left, [refused] * len(left))
 
     @staticmethod
-    def _resolve(batch: list[_Op], outcomes: list[Outcome]) -> None:
+    def _resolve(batch: list[Operation], outcomes: list[Outcome]) -> None:
         """One wake-up per event loop for the whole batch, not one per operation. A batched
         operation's outcome is the list of its items' outcomes, or one failure for them all."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
@@ -229,7 +231,7 @@ class GroupCommitWriter:
             loop.call_soon_threadsafe(_settle_all, settled)
 
 
-def commit_group(conn: sqlite3.Connection, batch: list[_Op]) -> list[Outcome]:
+def commit_group(conn: sqlite3.Connection, batch: list[Operation]) -> list[Outcome]:
     """Run a group of operations and commit it once; each operation's outcome, in ``batch``'s
     order. An outcome is success only if the commit succeeded. Used by the writer thread and by
     the send process (`sluice.broker.send_process`)."""
@@ -255,7 +257,7 @@ def commit_group(conn: sqlite3.Connection, batch: list[_Op]) -> list[Outcome]:
 
 
 def _in_transaction(
-    conn: sqlite3.Connection, batch: list[_Op], units: list[list[_Op]]
+    conn: sqlite3.Connection, batch: list[Operation], units: list[list[Operation]]
 ) -> dict[int, Outcome]:
     """The units in one transaction, each in its own savepoint when there are several."""
     try:
@@ -303,7 +305,7 @@ def _in_transaction(
     return outcomes
 
 
-def _ran_alone(conn: sqlite3.Connection, unit: list[_Op]) -> list[Outcome] | None:
+def _ran_alone(conn: sqlite3.Connection, unit: list[Operation]) -> list[Outcome] | None:
     """Run one operation, or one batched unit's items, in self-committing statements: the
     unit's outcomes, or None (nothing written) when its ``alone`` function declines."""
     first = unit[0]
@@ -321,10 +323,10 @@ def _ran_alone(conn: sqlite3.Connection, unit: list[_Op]) -> list[Outcome] | Non
         return [(False, as_unavailable(gone))] * len(unit)
 
 
-def _units(batch: list[_Op]) -> list[list[_Op]]:
+def _units(batch: list[Operation]) -> list[list[Operation]]:
     """Plain operations one by one; batched ones grouped by key, where the key first appears."""
-    units: list[list[_Op]] = []
-    keyed: dict[Hashable, list[_Op]] = {}
+    units: list[list[Operation]] = []
+    keyed: dict[Hashable, list[Operation]] = {}
     for op in batch:
         if op.key is None:
             units.append([op])
@@ -336,18 +338,18 @@ def _units(batch: list[_Op]) -> list[list[_Op]]:
     return units
 
 
-def _run_unit(conn: sqlite3.Connection, unit: list[_Op]) -> Sequence[Outcome]:
+def _run_unit(conn: sqlite3.Connection, unit: list[Operation]) -> Sequence[Outcome]:
     first = unit[0]
     if first.key is None:
         return [(True, first.fn(conn))]  # type: ignore[call-arg]
     return _shares(unit, first.fn(conn, _items(unit)))  # type: ignore[call-arg]
 
 
-def _items(unit: list[_Op]) -> list[Any]:
+def _items(unit: list[Operation]) -> list[Any]:
     return unit[0].items if len(unit) == 1 else [item for op in unit for item in op.items]
 
 
-def _shares(unit: list[_Op], outcomes: Sequence[Outcome]) -> list[Outcome]:
+def _shares(unit: list[Operation], outcomes: Sequence[Outcome]) -> list[Outcome]:
     """A batch's outcomes (one per item) as each operation's share, in the order its items
     were gathered."""
     items = sum(len(op.items) for op in unit)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from sluice.broker.contract import OutgoingMessage, SendResult
-from sluice.broker.groupcommit import Checkpointer, Outcome, _Op, commit_group
+from sluice.broker.groupcommit import Checkpointer, Operation, Outcome, commit_group
 from sluice.errors import SluiceError, Unavailable, ValidationError, error_for
 
 if TYPE_CHECKING:
@@ -281,13 +281,13 @@ def _outcome(op_outcome: Outcome) -> Any:
     return ["InternalError", f"{type(value).__name__}: {value}"]
 
 
-def _ops(frame: bytes, send_fn: Any, alone_fn: Any) -> list[_Op]:
+def _ops(frame: bytes, send_fn: Any, alone_fn: Any) -> list[Operation]:
     from sluice.broker.sqlite import _StandardSend
 
     ops = []
     for queue, now, ids, messages in orjson.loads(frame):
         send = _StandardSend(queue, [OutgoingMessage(*m) for m in messages], now, ids)
-        ops.append(_Op(send_fn, None, key=("send", queue), items=[send], alone=alone_fn))
+        ops.append(Operation(send_fn, None, key=("send", queue), items=[send], alone=alone_fn))
     return ops
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sluice.errors import SluiceError, Unavailable
+from sluice.futures import settle
 
 log = logging.getLogger("sluice.broker")
 
@@ -74,12 +75,7 @@ class Operation:
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
     for future, (ok, value) in settled:
-        if future.cancelled():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        settle(future, None if ok else value, value if ok else None)
 
 
 class GroupCommitWriter:

@@ -39,6 +39,7 @@ import orjson
 from sluice.broker.contract import OutgoingMessage, SendResult
 from sluice.broker.groupcommit import Checkpointer, Operation, Outcome, commit_group
 from sluice.errors import SluiceError, Unavailable, ValidationError, error_for
+from sluice.futures import settle
 
 if TYPE_CHECKING:
     from sluice.broker.sqlite import _StandardSend
@@ -143,7 +144,7 @@ class SendProcess:
         if self._transport is None and not self._closed:
             await self.start()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.submit(send, partial(_settle, future))
+        self.submit(send, partial(settle, future))
         await future
         return send.results()
 
@@ -222,15 +223,6 @@ def _call(done: Done, error: SluiceError | None) -> None:
 def _answer(callbacks: list[Done], error: SluiceError) -> None:
     for done in callbacks:
         _call(done, error)
-
-
-def _settle(future: asyncio.Future[None], error: SluiceError | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
 
 
 class _ChildPipes(asyncio.SubprocessProtocol):

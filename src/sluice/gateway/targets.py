@@ -30,6 +30,7 @@ from sluice.events.http import (
     apigw_v2_event,
     apigw_v2_response,
 )
+from sluice.futures import settle
 from sluice.gateway.actions import Fixed, RedirectTarget
 from sluice.gateway.backlog import BacklogGuard
 from sluice.gateway.config import GatewayConfig
@@ -264,12 +265,10 @@ def _settle_202(
 ) -> None:
     """A send's outcome as the 202 (its body's ``key`` is ``value``, or the message id when
     ``value`` is None) or as the error that refused it."""
-    if answer.done():
-        return
     if isinstance(outcome, BaseException):
-        answer.set_exception(outcome)
+        settle(answer, outcome)
     else:
-        answer.set_result(_accepted(template, key, value or outcome[0].message_id))
+        settle(answer, None, _accepted(template, key, value or outcome[0].message_id))
 
 
 class QueueTarget:

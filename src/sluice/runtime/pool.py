@@ -19,6 +19,7 @@ import orjson
 
 from sluice.app import FunctionSpec
 from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailable
+from sluice.futures import settle
 from sluice.limits.contract import Limiter
 from sluice.limits.local import LocalLimiter
 from sluice.runtime import channel, faults, reports
@@ -62,20 +63,6 @@ class _FunctionPool:
         with contextlib.suppress(ValueError):
             self.idle.remove(env)
         env.close()
-
-
-def _settle(
-    future: asyncio.Future[InvocationResult],
-    error: BaseException | None,
-    outcome: InvocationResult | None,
-) -> None:
-    if future.done():  # abandoned by its caller (cancelled): the outcome goes nowhere
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        assert outcome is not None
-        future.set_result(outcome)
 
 
 class Runtime:
@@ -252,10 +239,12 @@ class Runtime:
         except EnvironmentLost as lost:
             waiter = loop.create_future()
             waiter.set_exception(lost)
-        waiter.add_done_callback(partial(self._settle, pool, env, request_id, started, result))
+        waiter.add_done_callback(
+            partial(self._answer_arrived, pool, env, request_id, started, result)
+        )
         return result
 
-    def _settle(
+    def _answer_arrived(
         self,
         pool: _FunctionPool,
         env: EnvironmentHandle,
@@ -276,23 +265,23 @@ class Runtime:
             return
         if waiter.cancelled() or error is not None:
             pool.discard(env)
-            _settle(result, error or Unavailable("the invocation was cancelled"), None)
+            settle(result, error or Unavailable("the invocation was cancelled"))
             return
         try:
             outcome = self._answered(pool, env, request_id, waiter.result())
         except Exception as refused:
-            _settle(result, refused, None)
+            settle(result, refused)
         else:
-            _settle(result, None, outcome)
+            settle(result, None, outcome)
 
     def _settled(
         self, result: asyncio.Future[InvocationResult], task: asyncio.Task[InvocationResult]
     ) -> None:
         self._settling.discard(task)
         if task.cancelled():
-            _settle(result, Unavailable("the invocation was cancelled"), None)
+            settle(result, Unavailable("the invocation was cancelled"))
         else:
-            _settle(result, task.exception(), None if task.exception() else task.result())
+            settle(result, task.exception(), None if task.exception() else task.result())
 
     def _busy_with(self, pool: _FunctionPool, env: EnvironmentHandle) -> float:
         """Mark ``env`` busy with one invocation from now (watched for its deadline and memory);

@@ -121,3 +121,33 @@ def test_operations_with_an_alone_path_skip_the_transaction(writer: Any, run: Ru
     assert run(group(durable=True)) == ["held", "x1", "y1"]  # one transaction for both
     assert statements.count("SAVEPOINT op") == 2
     assert stored(path) == ["lone-alone", "x0-alone", "x1", "y0", "y1"]
+
+
+def test_a_group_that_breaks_unexpectedly_fails_whole_and_rolls_back(
+    writer: Any, run: Run[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything the group-commit machinery itself raises (not an operation's own error) fails
+    every operation of the group as Unavailable, with its writes rolled back: no caller waits
+    on a dead group, and the writer goes on."""
+    writer, path, _ = writer
+    from sluice.broker import groupcommit
+
+    real = groupcommit._in_transaction
+
+    def broken(conn: sqlite3.Connection, batch: Any, units: Any) -> Any:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES ('half-done')")
+        raise RuntimeError("a bug in the writer")
+
+    async def scenario() -> tuple[list[Any], Any]:
+        monkeypatch.setattr(groupcommit, "_in_transaction", broken)
+        failed = await asyncio.gather(
+            writer.submit(_insert("x")), writer.submit(_insert("y")), return_exceptions=True
+        )
+        monkeypatch.setattr(groupcommit, "_in_transaction", real)
+        return failed, await writer.submit(_insert("after"))
+
+    failed, after = run(scenario())
+    assert all(isinstance(f, Unavailable) and "a bug in the writer" in f.message for f in failed)
+    assert after == "after"
+    assert stored(path) == ["after"]

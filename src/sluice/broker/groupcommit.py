@@ -180,13 +180,7 @@ class GroupCommitWriter:
                 if wanted != synchronous:
                     conn.execute(f"PRAGMA synchronous = {wanted}")
                     synchronous = wanted
-                try:
-                    outcomes = commit_group(conn, batch)
-                except Exception as error:  # never leave a caller waiting on a dead batch
-                    if conn.in_transaction:
-                        conn.rollback()
-                    outcomes = [(False, Unavailable(f"SQLite write failed: {error}"))] * len(batch)
-                self._resolve(batch, outcomes)
+                self._resolve(batch, commit_group(conn, batch))
                 if self._on_commit is not None:
                     self._on_commit()
                 if stop:
@@ -229,15 +223,26 @@ class GroupCommitWriter:
 
 def commit_group(conn: sqlite3.Connection, batch: list[Operation]) -> list[Outcome]:
     """Run a group of operations and commit it once; each operation's outcome, in ``batch``'s
-    order. An outcome is success only if the commit succeeded. Used by the writer thread and by
-    the send process (`sluice.broker.send_process`)."""
+    order. An outcome is success only if the commit succeeded. It never raises: anything
+    unexpected fails the whole group (rolled back), so no caller waits on a dead group. Used by
+    the writer thread and by the send process (`sluice.broker.send_process`)."""
+    try:
+        outcomes = _run_group(conn, batch)
+    except Exception as error:
+        if conn.in_transaction:
+            conn.rollback()
+        return [(False, Unavailable(f"SQLite write failed: {error}"))] * len(batch)
+    return [outcomes[id(op)] for op in batch]
+
+
+def _run_group(conn: sqlite3.Connection, batch: list[Operation]) -> dict[int, Outcome]:
     units = _units(batch)
-    outcomes: dict[int, Outcome] = {}  # id(op) -> outcome
     # Alone: one unit; or several that need no fsync (each statement commits by itself, and
     # without one a commit costs less than the savepoints that a shared transaction needs).
     if all(unit[0].alone is not None for unit in units) and (
         len(units) == 1 or not any(op.durable for op in batch)
     ):
+        outcomes: dict[int, Outcome] = {}  # id(op) -> outcome
         left = []
         for unit in units:
             ran = _ran_alone(conn, unit)
@@ -247,9 +252,8 @@ def commit_group(conn: sqlite3.Connection, batch: list[Operation]) -> list[Outco
                 outcomes.update(zip(map(id, unit), ran, strict=True))
         if left:
             outcomes.update(_in_transaction(conn, [op for unit in left for op in unit], left))
-        return [outcomes[id(op)] for op in batch]
-    outcomes.update(_in_transaction(conn, batch, units))
-    return [outcomes[id(op)] for op in batch]
+        return outcomes
+    return _in_transaction(conn, batch, units)
 
 
 def _in_transaction(

@@ -307,14 +307,7 @@ def serve(path: Path, pragmas: Mapping[str, str | int], stdin: int, stdout: int)
             frames = [_ops(frame, send_fn, alone_fn) for frame in _frames(buffer)]
             if not frames:
                 continue
-            group = [op for ops in frames for op in ops]
-            try:
-                outcomes = iter(commit_group(conn, group))
-            except Exception as error:  # never leave the parent waiting on a dead group
-                if conn.in_transaction:
-                    conn.rollback()
-                failed = (False, Unavailable(f"SQLite write failed: {error}"))
-                outcomes = iter([failed] * len(group))
+            outcomes = iter(commit_group(conn, [op for ops in frames for op in ops]))
             checkpointer.committed()
             answers = [
                 _frame(orjson.dumps([_outcome(next(outcomes)) for _ in ops])) for ops in frames

@@ -416,3 +416,25 @@ def test_one_json_access_log_line_per_request(
     assert lines[0]["routeKey"] == "GET /items/{id}"
     assert lines[1]["error"] == "FunctionError"
     assert lines[1]["requestId"] == bad.headers["apigw-requestid"]
+
+
+def test_queue_and_async_routes_are_logged_and_decorated_once_answered(
+    gw: GatewayThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With CORS or the access log on, an answer that comes later (the send process's) still
+    gets both, its 202 or its error."""
+    caplog.set_level(logging.INFO, logger="sluice.gateway.access")
+    origin = {"Origin": "https://app.example.com"}
+    sent = request(gw.port, "POST", "/inbox", b"logged", origin)
+    job = request(gw.port, "POST", "/jobs", b'{"n": 2}', origin)
+    refused = request(gw.port, "POST", "/inbox", b"x" * 300_000, origin)  # over 256 KiB
+    time.sleep(0.05)
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
+    assert [(x["path"], x["status"]) for x in lines] == [
+        ("/inbox", 202),
+        ("/jobs", 202),
+        ("/inbox", 413),
+    ]
+    assert error_of(refused) == lines[2]["error"] == "MessageTooLarge"
+    for reply in (sent, job, refused):
+        assert reply.headers["access-control-allow-origin"] == "https://app.example.com"

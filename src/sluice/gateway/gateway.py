@@ -21,6 +21,7 @@ import orjson
 from sluice.app import App
 from sluice.broker.contract import Broker
 from sluice.errors import SluiceError, Unavailable
+from sluice.futures import settle
 from sluice.gateway.config import GatewayConfig
 from sluice.gateway.cors import Cors
 from sluice.gateway.errors import RouteNotFound
@@ -115,16 +116,18 @@ class Gateway:
         try:
             key, answer = self._dispatch(request)
         except Exception as exc:
-            return self._finish(request, "-", self._failure(request, exc), started)
+            failure = failure_response(request, exc, self.config.retry_after)
+            return self._finish(request, "-", failure, started)
         if isinstance(answer, Response):
             return self._finish(request, key, answer, started)
         if self.cors is None and not self._logging():
             return answer  # nothing to add to it: the server answers it (or its error)
-        if asyncio.isfuture(answer):
-            finished: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-            answer.add_done_callback(partial(self._settled, finished, request, key, started))
-            return finished
-        return self._awaited(request, key, answer, started)
+        # CORS headers or the access log to add: once the answer is in (a coroutine as a task).
+        finished: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        asyncio.ensure_future(answer).add_done_callback(
+            partial(self._settled, finished, request, key, started)
+        )
+        return finished
 
     def _settled(
         self,
@@ -136,22 +139,9 @@ class Gateway:
     ) -> None:
         try:
             response = answer.result()
-        except Exception as exc:
-            response = self._failure(request, exc)
-        if not finished.done():
-            finished.set_result(self._finish(request, key, response, started))
-
-    async def _awaited(
-        self, request: Request, key: str, answer: Awaitable[Response], started: float
-    ) -> Response:
-        try:
-            response = await answer
-        except Exception as exc:
-            response = self._failure(request, exc)
-        return self._finish(request, key, response, started)
-
-    def _failure(self, request: Request, exc: Exception) -> Response:
-        return failure_response(request, exc, self.config.retry_after)
+        except BaseException as exc:  # a callback: a cancelled answer is a failure like another
+            response = failure_response(request, exc, self.config.retry_after)
+        settle(finished, None, self._finish(request, key, response, started))
 
     def _finish(self, request: Request, key: str, response: Response, started: float) -> Response:
         if self.cors is not None:

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psutil
@@ -34,6 +35,16 @@ def run() -> Iterator[object]:
         yield loop.run_until_complete
     finally:
         loop.close()
+
+
+@contextlib.asynccontextmanager
+async def running(app_file: str, **kwargs: object) -> AsyncIterator[Runtime]:
+    """`started`, closed at the end of the block whatever happens in it."""
+    runtime = await started(app_file, **kwargs)
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
 
 
 async def started(app_file: str, tmp_path: Path | None = None, **kwargs: object) -> Runtime:

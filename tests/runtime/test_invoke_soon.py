@@ -9,21 +9,18 @@ import asyncio
 import orjson
 
 from sluice.errors import Throttled
-from tests.runtime.conftest import started
+from tests.runtime.conftest import running
 
 
 def test_warm_invocations_settle_without_a_task_and_reuse_the_environment(run) -> None:
     async def body() -> None:
-        runtime = await started("faulty.py")
-        try:
+        async with running("faulty.py") as runtime:
             cold = runtime.invoke_soon("moody", b"{}")
             assert isinstance(cold, asyncio.Task)  # no warm environment: `invoke` as a task
             first = await cold
             soon = runtime.invoke_soon("moody", b"{}", request_id="r-warm")
             assert not isinstance(soon, asyncio.Task)  # a warm one: settled by its answer
             warm = await soon
-        finally:
-            await runtime.close()
         assert first.cold and not warm.cold
         assert warm.request_id == "r-warm" and warm.payload == first.payload  # same process
 
@@ -32,8 +29,7 @@ def test_warm_invocations_settle_without_a_task_and_reuse_the_environment(run) -
 
 def test_an_abandoned_invocation_finishes_and_its_environment_is_used_again(run) -> None:
     async def body() -> None:
-        runtime = await started("faulty.py")
-        try:
+        async with running("faulty.py") as runtime:
             pid = orjson.loads((await runtime.invoke("moody", b"{}")).payload)
             slow = runtime.invoke_soon("moody", orjson.dumps({"sleep": 0.3}))
             assert runtime.status()["moody"]["busy"] == 1
@@ -41,8 +37,6 @@ def test_an_abandoned_invocation_finishes_and_its_environment_is_used_again(run)
             await asyncio.sleep(0.6)
             assert runtime.status()["moody"]["busy"] == 0
             again = await runtime.invoke_soon("moody", b"{}")
-        finally:
-            await runtime.close()
         assert orjson.loads(again.payload) == pid  # not discarded: the same environment
 
     run(body())
@@ -50,13 +44,10 @@ def test_an_abandoned_invocation_finishes_and_its_environment_is_used_again(run)
 
 def test_an_environment_that_dies_mid_invocation_fails_it_and_is_replaced(run) -> None:
     async def body() -> None:
-        runtime = await started("faulty.py")
-        try:
+        async with running("faulty.py") as runtime:
             pid = orjson.loads((await runtime.invoke("moody", b"{}")).payload)
             died = await runtime.invoke_soon("moody", orjson.dumps({"exit": True}))
             after = await runtime.invoke_soon("moody", b"{}")
-        finally:
-            await runtime.close()
         assert died.error()["errorType"] == "Runtime.ExitError"  # type: ignore[index]
         assert after.cold and orjson.loads(after.payload) != pid
 
@@ -65,12 +56,9 @@ def test_an_environment_that_dies_mid_invocation_fails_it_and_is_replaced(run) -
 
 def test_reserved_concurrency_is_leased_as_with_invoke(run) -> None:
     async def body() -> None:
-        runtime = await started("faulty.py")
-        try:
+        async with running("faulty.py") as runtime:
             calls = [runtime.invoke_soon("limited", b'{"sleep": 0.3}') for _ in range(3)]
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        finally:
-            await runtime.close()
         assert sum(isinstance(o, Throttled) for o in outcomes) == 1
         assert sum(not isinstance(o, BaseException) for o in outcomes) == 2
 

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -160,3 +161,34 @@ async def _send_soon_answers_with_results_or_the_error(tmp_path: Path) -> None:
         received = await broker.receive("q", 10)
         assert [(m.message_id, m.body) for m in received] == [(standard[0].message_id, "standard")]
         assert received[0].md5_of_body == standard[0].md5_of_body
+
+
+def test_sends_while_another_process_locks_the_database_fail_and_store_nothing(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_locked(tmp_path))
+
+
+async def _locked(tmp_path: Path) -> None:
+    """The child waits busy_timeout for the write lock, then answers Unavailable: nothing of
+    those sends is stored, the child keeps running, and the next sends are stored."""
+    path = tmp_path / "b.db"
+    pragmas = {"busy_timeout": 200}
+    async with SQLiteBroker(path, pragmas=pragmas, send_process=True) as broker:
+        await broker.create_queue(QueueConfig("q"))
+        await broker.send("q", [OutgoingMessage("before")])
+        pid = child_pid(broker)
+        other = sqlite3.connect(path, isolation_level=None, timeout=0)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            refused = await asyncio.gather(
+                *(broker.send("q", [OutgoingMessage(f"locked {i}")]) for i in range(5)),
+                return_exceptions=True,
+            )
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert all(isinstance(r, Unavailable) for r in refused)
+        await broker.send("q", [OutgoingMessage("after")])
+        assert child_pid(broker) == pid  # the same child: a refusal is not a crash
+        assert await drain(broker, "q") == {"before", "after"}

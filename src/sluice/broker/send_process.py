@@ -273,12 +273,12 @@ def _outcome(op_outcome: Outcome) -> Any:
     return ["InternalError", f"{type(value).__name__}: {value}"]
 
 
-def _ops(frame: bytes, send_fn: Any, alone_fn: Any) -> list[Operation]:
-    from sluice.broker.sqlite import _StandardSend
-
+def _ops(frame: bytes, send_fn: Any, alone_fn: Any, standard_send: Any) -> list[Operation]:
+    """A frame's sends as group-commit operations (``standard_send`` is `sqlite._StandardSend`,
+    passed in: this module cannot import `sqlite`, which imports it)."""
     ops = []
     for queue, now, ids, messages in orjson.loads(frame):
-        send = _StandardSend(queue, [OutgoingMessage(*m) for m in messages], now, ids)
+        send = standard_send(queue, [OutgoingMessage(*m) for m in messages], now, ids)
         ops.append(Operation(send_fn, None, key=("send", queue), items=[send], alone=alone_fn))
     return ops
 
@@ -288,6 +288,7 @@ def serve(path: Path, pragmas: Mapping[str, str | int], stdin: int, stdout: int)
     from sluice.broker.sqlite import (
         CHECKPOINT_DELAY,
         QueueCache,
+        _StandardSend,
         open_writer,
         send_standard,
         send_standard_alone,
@@ -304,7 +305,7 @@ def serve(path: Path, pragmas: Mapping[str, str | int], stdin: int, stdout: int)
     try:
         while data := os.read(stdin, 1 << 20):
             buffer += data
-            frames = [_ops(frame, send_fn, alone_fn) for frame in _frames(buffer)]
+            frames = [_ops(f, send_fn, alone_fn, _StandardSend) for f in _frames(buffer)]
             if not frames:
                 continue
             outcomes = iter(commit_group(conn, [op for ops in frames for op in ops]))

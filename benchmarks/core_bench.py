@@ -50,6 +50,7 @@ from harness import (
     measure_drain,
     measure_enqueue,
     redis_persistence,
+    tree_memory,
 )
 from peers import celery_app, dramatiq_app
 from peers.senders import BASELINE, send_cases
@@ -199,17 +200,10 @@ def peak_tree_memory(interval: float = 0.5) -> Iterator[Peak]:
     stop = threading.Event()
 
     def sample() -> None:
-        me = psutil.Process()
         while not stop.wait(interval):
-            rss = uss = count = 0
-            for proc in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    info = proc.memory_full_info()
-                    rss += info.rss
-                    uss += info.uss
-                    count += 1
-            if rss / 2**20 > peak.rss_mb:
-                peak.rss_mb, peak.uss_mb, peak.processes = rss / 2**20, uss / 2**20, count
+            now = tree_memory(os.getpid(), include_root=False)
+            if now.rss_mb > peak.rss_mb:
+                peak.rss_mb, peak.uss_mb, peak.processes = now.rss_mb, now.uss_mb, now.processes
 
     thread = threading.Thread(target=sample, name="peak-memory", daemon=True)
     thread.start()

@@ -365,8 +365,9 @@ class Memory:
     processes: int
 
 
-def tree_memory(pid: int) -> Memory:
-    """RSS and USS summed over a process and all its descendants.
+def tree_memory(pid: int, *, include_root: bool = True) -> Memory:
+    """RSS and USS summed over a process (unless ``include_root`` is False) and all its
+    descendants.
 
     RSS double-counts shared pages (a forked worker's copy-on-write heap); USS counts only
     pages private to each process, so the USS sum is the tree's real footprint lower bound.
@@ -374,10 +375,10 @@ def tree_memory(pid: int) -> Memory:
     root = psutil.Process(pid)
     rss = uss = 0
     count = 0
-    for proc in [root, *root.children(recursive=True)]:
+    for proc in [root, *root.children(recursive=True)][0 if include_root else 1 :]:
         try:
             info = proc.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        except psutil.Error:  # gone meanwhile, a zombie, or not ours to read
             continue
         rss += info.rss
         uss += info.uss

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from sluice.runtime.loader import load_app
-from tests.gateway.harness import GatewayThread, request
+from tests.gateway.harness import GatewayThread, request, wait_until
 
 APP = Path(__file__).parent / "apps" / "runtime_app.py"
 
@@ -34,10 +33,12 @@ def test_integration_timeout_abandons_the_answer_not_the_environment(tmp_path: P
     with GatewayThread(app, tmp_path, runtime_ref=source.ref) as gw:
         warm = request(gw.port, "GET", "/slow")  # cold start and first run: 504 too
         assert warm.status == 504 and warm.json()["error"] == "IntegrationTimeout"
-        time.sleep(0.8)  # the invocation finishes; its environment is idle again
+        assert gw.runtime is not None
+        # The invocation finishes (however long its cold start took); its environment is idle.
+        wait_until(lambda: gw.runtime.status()["slow"]["idle"] == 1)  # type: ignore[union-attr]
         timed_out = request(gw.port, "GET", "/slow")
         assert timed_out.status == 504
-        assert gw.runtime is not None and gw.runtime.status()["slow"]["busy"] == 1
-        time.sleep(0.8)
+        assert gw.runtime.status()["slow"]["busy"] == 1
+        wait_until(lambda: gw.runtime.status()["slow"]["busy"] == 0)  # type: ignore[union-attr]
         status = gw.runtime.status()["slow"]
         assert status["busy"] == 0 and status["warm"] == 1  # finished and kept, not discarded

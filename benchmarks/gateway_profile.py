@@ -7,8 +7,9 @@ hello-world handler, then the gateway of ``gateway_app`` on a real SQLite broker
 send process commits (as the gateway role runs it), and loads each path with wrk. For every path:
 requests/s, CPU microseconds per request of the event-loop thread, of this whole process and of
 its children (the environments, the send process). Side by side: the queue route with its sends
-committed by a writer thread in this process (how it was before the send process), and a
-diagnostic with the send answered at once (nothing stored). Writes
+committed by a writer thread in this process (how it was before the send process), and two
+diagnostics that store nothing: the send answered at once, and a send process that answers
+without committing (`send_echo.py`). Writes
 ``benchmarks/results/gateway_profile.{json,md}``.
 """
 
@@ -34,6 +35,7 @@ from gateway_bench import median_round, post_script, run_wrk
 from harness import LOG_DIR, Report, Result, WrkOptions, console
 
 from sluice.broker.contract import SendResult
+from sluice.broker.send_process import SendProcess
 from sluice.broker.sqlite import SQLiteBroker
 from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.gateway import Gateway, GatewayConfig
@@ -42,6 +44,7 @@ from sluice.runtime.loader import load_app
 from sluice.runtime.pool import Runtime
 
 APP_FILE = Path(__file__).resolve().parent / "gateway_app.py"
+ECHO_CHILD = Path(__file__).resolve().parent / "send_echo.py"
 
 GROUP = "CPU per request, server in this process"
 
@@ -139,6 +142,11 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
     await unused.start()
     with patch.object(SQLiteBroker, "send_soon", _answer_at_once):
         diagnostic = await gateway_on(unused)
+    # The send process's pipes and frames with a child that stores nothing: the hand-over alone.
+    echo = SQLiteBroker(workdir / "echo.db", send_process=True)
+    with patch.object(SendProcess, "child_command", (sys.executable, str(ECHO_CHILD))):
+        await echo.start()
+        echo_gateway = await gateway_on(echo)
     rows = [
         ("Sluice HttpServer, hello world", hello.port, "/", False),
         ("gateway, FixedResponse route (no backend)", gateway.port, "/fixed", False),
@@ -157,6 +165,12 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
             "/enqueue",
             True,
         ),
+        (
+            "diagnostic: queue route, a send process that answers at once, nothing stored",
+            echo_gateway.port,
+            "/enqueue",
+            True,
+        ),
     ]
     measured: dict[str, list[Result]] = {name: [] for name, *_ in rows}
     try:
@@ -166,11 +180,11 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
                 result = await measure(name, port, path, options, script if post else None)
                 measured[name].append(result)
     finally:
-        for server in (gateway, thread_gateway, diagnostic):
+        for server in (gateway, thread_gateway, diagnostic, echo_gateway):
             await server.shutdown(1)
         await hello.close(1)
         await runtime.close()
-        for b in (broker, threaded, unused):
+        for b in (broker, threaded, unused, echo):
             await b.close()
     return [median_round(results) for results in measured.values()]
 
@@ -200,8 +214,11 @@ def main(argv: Sequence[str]) -> None:
         "drifts by ±25 % within minutes, so compare rows, not runs."
     )
     report.notes.append(
-        "The diagnostic row stores nothing (its broker's send_soon answers at once): what the "
-        "gateway's queue path costs without the durable send, not what Sluice does."
+        "The diagnostic rows store nothing: one's broker answers each send at once (what the "
+        "gateway's queue path costs without the durable send), the other's send process is "
+        "benchmarks/send_echo.py, which answers every frame as soon as it reads it (what handing "
+        "the sends to a child and reading its answers costs, without committing them). Neither "
+        "is what Sluice does."
     )
     report.write()
     print(report.markdown())

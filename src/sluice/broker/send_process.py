@@ -75,6 +75,9 @@ def _frames(buffer: bytearray) -> list[bytes]:
 class SendProcess:
     """The parent's side: starts the child, hands it each event-loop iteration's sends."""
 
+    # The child's command line before its two arguments (a benchmark swaps in a diagnostic child).
+    child_command: tuple[str, ...] = (sys.executable, "-m", __name__)
+
     def __init__(self, path: Path, pragmas: Mapping[str, str | int]) -> None:
         self.path = path
         self.pragmas = dict(pragmas)
@@ -100,7 +103,7 @@ class SendProcess:
                 return
             loop = asyncio.get_running_loop()
             self._ready, self._ended = loop.create_future(), loop.create_future()
-            argv = [sys.executable, "-m", __name__, str(self.path), orjson.dumps(self.pragmas)]
+            argv = [*self.child_command, str(self.path), orjson.dumps(self.pragmas)]
             try:
                 transport, self._pipes = await loop.subprocess_exec(
                     lambda: _ChildPipes(self, loop), *argv, stdin=-1, stdout=-1, stderr=None

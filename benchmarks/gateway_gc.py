@@ -5,7 +5,7 @@
 Serves the queue route of ``gateway_app`` in this process (SQLite broker, send process, as the
 gateway role runs it), loads it with wrk, and records every collection (`gc.callbacks`): per
 generation the number of collections, their total and longest pause. First with CPython's default
-collector settings, then after `sluice.cli.run.settle_heap` (what `sluice dev|gateway|worker` call
+collector settings, then after `sluice.platform.settle_heap` (what `sluice dev|gateway|worker` call
 once started); each ``--rounds`` times. Writes ``benchmarks/results/gateway_gc.{json,md}``.
 """
 
@@ -27,7 +27,7 @@ from gateway_profile import gateway_on, measure
 from harness import LOG_DIR, Report, Result, WrkOptions, console
 
 from sluice.broker.sqlite import SQLiteBroker
-from sluice.cli.run import settle_heap
+from sluice.platform import settle_heap
 
 GROUP = "garbage collection under load, queue route, server in this process"
 

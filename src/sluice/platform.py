@@ -6,6 +6,7 @@ subset against shared backends (Redis, PostgreSQL) on any number of hosts.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,26 @@ from sluice.limits.contract import Limiter
 from sluice.runtime.contract import InvocationResult
 
 log = logging.getLogger("sluice.platform")
+
+
+# Net new container objects between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """For a serving process, once its platform has started (and again after a deployed version
+    replaced another): move what is alive now (modules, the app, routing tables: tens of
+    thousands of objects) out of the collector's reach, so that a full collection no longer walks
+    it (tens of ms of pause each under load), and collect the young generation less often (a
+    request's objects die by reference counting; with 64 requests in flight a 700-object
+    generation was collected every few hundred requests). What an earlier call froze is thawed
+    and collected first: a replaced version's objects are not kept forever. User code runs in
+    environment processes, not in this one."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def open_broker(settings: Settings, *, send_process: bool = False) -> Broker:

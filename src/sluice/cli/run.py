@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -41,7 +40,7 @@ def _export_data_dir(settings: Settings) -> None:
 
 
 def _serve(settings: Settings, app_ref: str, roles: Any) -> None:
-    from sluice.platform import Platform
+    from sluice.platform import Platform, settle_heap
     from sluice.runtime.loader import load_app
 
     _export_data_dir(settings)
@@ -69,23 +68,6 @@ def _serve(settings: Settings, app_ref: str, roles: Any) -> None:
             await platform.close()
 
     _run_until_stopped(serve())
-
-
-# Net new container objects between young-generation collections (CPython's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def settle_heap() -> None:
-    """Once a serving process has started: move what startup allocated (modules, the app, the
-    routing tables: tens of thousands of objects) out of the collector's reach, so that a full
-    collection no longer walks it (tens of ms of pause each time under load), and collect the
-    young generation less often (a request's objects die by reference counting; with 64 requests
-    in flight a 700-object generation was collected every few hundred requests). User code runs
-    in environment processes, not in this one."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _run_until_stopped(serve: Coroutine[Any, Any, None]) -> None:
@@ -270,7 +252,7 @@ def _follow(settings: Settings, app_name: str, roles: Any, poll_interval: float)
     deploy_log = logging.getLogger("sluice.deploy")
     deploy_log.addHandler(handler)
     deploy_log.setLevel(logging.INFO)
-    follower = Follower(settings, app_name, roles, poll_interval=poll_interval)
+    follower = Follower(settings, app_name, roles, poll_interval=poll_interval, settles_heap=True)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -282,7 +264,6 @@ def _follow(settings: Settings, app_name: str, roles: Any, poll_interval: float)
         try:
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if starting.done() and starting.result():
-                settle_heap()
                 where = f" on http://{settings.host}:{follower.port}" if roles.http else ""
                 click.echo(
                     f"sluice: {app_name} version {follower.version}{where}; following new "

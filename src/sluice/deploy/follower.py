@@ -27,7 +27,7 @@ from sluice.config import Settings
 from sluice.deploy.loader import load_version
 from sluice.deploy.store import Deployments, VersionInfo
 from sluice.errors import Unavailable
-from sluice.platform import Platform, Roles
+from sluice.platform import Platform, Roles, settle_heap
 from sluice.state import StateStore, open_state
 
 log = logging.getLogger("sluice.deploy")
@@ -96,12 +96,16 @@ class Follower:
         *,
         poll_interval: float = 2.0,
         grace: float = 30.0,
+        settles_heap: bool = False,
     ) -> None:
         self.settings = settings
         self.app_name = app_name
         self.roles = roles
         self.poll_interval = poll_interval
         self.grace = grace
+        # `settle_heap` after each switch: for a serving process of its own (`sluice gateway|worker
+        # --app-name`), not one that hosts other work, such as a test runner.
+        self.settles_heap = settles_heap
         self.cache_root = settings.data_dir / "bundles"
         self.current: _Active | None = None
         self._state: StateStore | None = None
@@ -212,6 +216,8 @@ class Follower:
         log.info("%s: running version %d (%s)", info.app, info.version, info.digest[:12])
         if old is not None:
             await self._retire(old)
+        if self.settles_heap:
+            settle_heap()  # after the retired version is closed: its objects are collected
 
     async def _retire(self, active: _Active) -> None:
         """Drain and close a version: no new batches, in-flight batches and requests finish."""

@@ -7,9 +7,10 @@ hello-world handler, then the gateway of ``gateway_app`` on a real SQLite broker
 send process commits (as the gateway role runs it), and loads each path with wrk. For every path:
 requests/s, CPU microseconds per request of the event-loop thread, of this whole process and of
 its children (the environments, the send process). Side by side: the queue route with its sends
-committed by a writer thread in this process (how it was before the send process), and two
-diagnostics that store nothing: the send answered at once, and a send process that answers
-without committing (`send_echo.py`). Writes
+committed by a writer thread in this process (how it was before the send process), and three
+diagnostics that store nothing: the send answered at once; a send process that answers without
+committing (`send_echo.py`); and that send process fed as usual while each request is answered
+at once (the hand-over's traffic without the wait). Writes
 ``benchmarks/results/gateway_profile.{json,md}``.
 """
 
@@ -36,7 +37,7 @@ from harness import LOG_DIR, Report, Result, WrkOptions, console
 
 from sluice.broker.contract import SendResult
 from sluice.broker.send_process import SendProcess
-from sluice.broker.sqlite import SQLiteBroker
+from sluice.broker.sqlite import SQLiteBroker, _StandardSend
 from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.gateway import Gateway, GatewayConfig
 from sluice.gateway.server import HttpServer
@@ -71,6 +72,21 @@ def _answer_at_once(
 ) -> None:
     """Diagnostic only: a send answered at once, nothing stored."""
     done([SendResult("id", "md5") for _ in messages])
+
+
+def _hand_over_and_answer_at_once(
+    self: SQLiteBroker, queue: str, messages: Sequence[Any], done: Callable[[Any], None]
+) -> None:
+    """Diagnostic only: the send goes to the send process as usual (frames written, answers
+    read), but the request is answered at once, without waiting for the child's answer."""
+    assert self._send_process is not None
+    send = _StandardSend(queue, messages, self._now(), self._ids.take(len(messages)), None)
+    self._send_process.submit(send, _ignore)
+    done(send.results())
+
+
+def _ignore(outcome: Any) -> None:
+    pass
 
 
 async def measure(
@@ -147,6 +163,11 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
     with patch.object(SendProcess, "child_command", (sys.executable, str(ECHO_CHILD))):
         await echo.start()
         echo_gateway = await gateway_on(echo)
+        # The same traffic to the child, but no request waits for its answer.
+        unwaited = SQLiteBroker(workdir / "unwaited.db", send_process=True)
+        await unwaited.start()
+        with patch.object(SQLiteBroker, "send_soon", _hand_over_and_answer_at_once):
+            unwaited_gateway = await gateway_on(unwaited)
     rows = [
         ("Sluice HttpServer, hello world", hello.port, "/", False),
         ("gateway, FixedResponse route (no backend)", gateway.port, "/fixed", False),
@@ -171,6 +192,12 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
             "/enqueue",
             True,
         ),
+        (
+            "diagnostic: the same, but each request answered without waiting for the child",
+            unwaited_gateway.port,
+            "/enqueue",
+            True,
+        ),
     ]
     measured: dict[str, list[Result]] = {name: [] for name, *_ in rows}
     try:
@@ -180,11 +207,11 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
                 result = await measure(name, port, path, options, script if post else None)
                 measured[name].append(result)
     finally:
-        for server in (gateway, thread_gateway, diagnostic, echo_gateway):
+        for server in (gateway, thread_gateway, diagnostic, echo_gateway, unwaited_gateway):
             await server.shutdown(1)
         await hello.close(1)
         await runtime.close()
-        for b in (broker, threaded, unused, echo):
+        for b in (broker, threaded, unused, echo, unwaited):
             await b.close()
     return [median_round(results) for results in measured.values()]
 
@@ -217,8 +244,9 @@ def main(argv: Sequence[str]) -> None:
         "The diagnostic rows store nothing: one's broker answers each send at once (what the "
         "gateway's queue path costs without the durable send), the other's send process is "
         "benchmarks/send_echo.py, which answers every frame as soon as it reads it (what handing "
-        "the sends to a child and reading its answers costs, without committing them). Neither "
-        "is what Sluice does."
+        "the sends to a child and reading its answers costs, without committing them); the last "
+        "sends the same frames to that child but answers each request at once (the traffic to "
+        "the child without the wait for it). None is what Sluice does."
     )
     report.write()
     print(report.markdown())

@@ -1,9 +1,11 @@
-"""Settling a future whose caller may have given up on it."""
+"""Settling a future whose caller may have given up on it, and reading a done one's outcome."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+from sluice.errors import Unavailable
 
 
 def settle(future: asyncio.Future[Any], error: BaseException | None, value: Any = None) -> None:
@@ -15,3 +17,12 @@ def settle(future: asyncio.Future[Any], error: BaseException | None, value: Any 
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+def outcome(future: asyncio.Future[Any], cancelled: str) -> tuple[BaseException | None, Any]:
+    """A done future's exception (and None), or None and its result; a cancelled future's is
+    `Unavailable` with the message ``cancelled``."""
+    if future.cancelled():
+        return Unavailable(cancelled), None
+    error = future.exception()
+    return error, None if error is not None else future.result()

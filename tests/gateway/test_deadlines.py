@@ -84,3 +84,24 @@ def test_mixed_deadlines_expire_in_order() -> None:
         assert await long == "timed out"
 
     asyncio.run(main())
+
+
+def test_an_expiry_that_raises_is_logged_and_the_others_still_expire(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        deadlines = Deadlines(RESOLUTION)
+        expired: list[str] = []
+
+        def broken() -> None:
+            raise RuntimeError("expiry failed")
+
+        deadlines.start(0.01, broken)
+        deadlines.start(0.01, lambda: expired.append("second"))
+        deadlines.start(0.05, lambda: expired.append("later"))
+        await asyncio.sleep(0.05 + 3 * RESOLUTION)
+        assert expired == ["second", "later"]
+        assert deadlines._slots == {}
+
+    asyncio.run(main())
+    assert "a deadline's expiry failed" in caplog.text

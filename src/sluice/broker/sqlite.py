@@ -58,6 +58,7 @@ from sluice.errors import (
     Unavailable,
     ValidationError,
 )
+from sluice.futures import outcome
 
 POLL_INTERVAL = 0.05
 SWEEP_INTERVAL_MS = 60_000
@@ -431,8 +432,9 @@ class SQLiteBroker:
 
             results = await self._writer.submit(op)
         else:
-            # Ids and checksums are made here, on the caller's thread, so the writer thread
-            # (which every commit waits for) does only the queue lookup and the insert.
+            # Ids (and, for the writer thread, checksums) are made here, on the caller's thread,
+            # so the writer (which every commit waits for) does only the lookup and the insert;
+            # a send process computes the checksums it stores.
             ids = self._ids.take(len(messages))
             if self._send_process is not None:
                 results = await self._send_process.send(_StandardSend(queue, messages, now, ids))
@@ -475,14 +477,13 @@ class SQLiteBroker:
         self, done: Callable[[SendOutcome], None], task: asyncio.Task[list[SendResult]]
     ) -> None:
         self._sending.discard(task)
-        if task.cancelled():
-            done(Unavailable("the send was cancelled; whether it was stored is unknown"))
-        elif isinstance(error := task.exception(), SluiceError):
+        error, results = outcome(task, "the send was cancelled; whether it was stored is unknown")
+        if error is None:
+            done(results)
+        elif isinstance(error, SluiceError):
             done(error)
-        elif error is not None:
-            done(Unavailable(f"the send failed: {error!r}"))
         else:
-            done(task.result())
+            done(Unavailable(f"the send failed: {error!r}"))
 
     def _send_fifo(
         self,

@@ -21,7 +21,7 @@ from sluice.app import App, FixedResponse, Redirect, Target
 from sluice.broker.contract import Broker, OutgoingMessage, SendOutcome, SendsSoon
 from sluice.config import ACCOUNT_ID
 from sluice.dispatch.async_invoke import async_queue_name, event_message
-from sluice.errors import Throttled, Unavailable, ValidationError
+from sluice.errors import Throttled, ValidationError
 from sluice.events.http import (
     HttpRequest,
     HttpResponse,
@@ -30,7 +30,7 @@ from sluice.events.http import (
     apigw_v2_event,
     apigw_v2_response,
 )
-from sluice.futures import settle
+from sluice.futures import outcome, settle
 from sluice.gateway.actions import Fixed, RedirectTarget
 from sluice.gateway.backlog import BacklogGuard
 from sluice.gateway.config import GatewayConfig
@@ -191,16 +191,12 @@ class SyncFunction:
         self.deadlines.finish(deadline)
         if answer.done():
             return
-        if invocation.cancelled():
-            answer.set_exception(Unavailable(f"the invocation of {self.function!r} was cancelled"))
-            return
-        error = invocation.exception()
+        error, result = outcome(invocation, f"the invocation of {self.function!r} was cancelled")
         if error is not None:
             if isinstance(error, Throttled):
                 error.retry_after = error.retry_after or self.retry_after
             answer.set_exception(error)
             return
-        result = invocation.result()
         if not result.ok:
             details = result.error() or {}
             log.info("function %s failed: %s", self.function, details)

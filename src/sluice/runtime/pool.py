@@ -19,7 +19,7 @@ import orjson
 
 from sluice.app import FunctionSpec
 from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailable
-from sluice.futures import settle
+from sluice.futures import outcome, settle
 from sluice.limits.contract import Limiter
 from sluice.limits.local import LocalLimiter
 from sluice.runtime import channel, faults, reports
@@ -92,7 +92,7 @@ class Runtime:
         self._template_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._watching = False  # the monitor runs (it stops when nothing is busy)
-        self._settling: set[asyncio.Task[InvocationResult]] = set()  # invoke_soon's, until done
+        self._settling: set[asyncio.Task[InvocationResult]] = set()  # invoke_soon's tasks
         self._reaper: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -228,7 +228,10 @@ class Runtime:
         ):
             env = pool.take_idle()
         if pool is None or env is None:
-            return loop.create_task(self.invoke(function, payload, request_id=request_id))
+            task = loop.create_task(self.invoke(function, payload, request_id=request_id))
+            self._settling.add(task)  # kept until done, as the one `_answer_arrived` starts
+            task.add_done_callback(self._settling.discard)
+            return task
         if request_id is None:
             request_id = self._request_ids.next()
             id_bytes = request_id.encode()
@@ -268,20 +271,17 @@ class Runtime:
             settle(result, error or Unavailable("the invocation was cancelled"))
             return
         try:
-            outcome = self._answered(pool, env, request_id, waiter.result())
+            answered = self._answered(pool, env, request_id, waiter.result())
         except Exception as refused:
             settle(result, refused)
         else:
-            settle(result, None, outcome)
+            settle(result, None, answered)
 
     def _settled(
         self, result: asyncio.Future[InvocationResult], task: asyncio.Task[InvocationResult]
     ) -> None:
         self._settling.discard(task)
-        if task.cancelled():
-            settle(result, Unavailable("the invocation was cancelled"))
-        else:
-            settle(result, task.exception(), None if task.exception() else task.result())
+        settle(result, *outcome(task, "the invocation was cancelled"))
 
     def _busy_with(self, pool: _FunctionPool, env: EnvironmentHandle) -> float:
         """Mark ``env`` busy with one invocation from now (watched for its deadline and memory);

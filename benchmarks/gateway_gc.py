@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import uvloop
-from gateway_app import raise_nofile
 from gateway_bench import post_script
-from gateway_profile import gateway_on, measure
-from harness import LOG_DIR, Report, Result, WrkOptions, console
+from gateway_profile import gateway_on, measure, measured
+from harness import Result, WrkOptions, console
 
 from sluice.broker.sqlite import SQLiteBroker
 from sluice.platform import settle_heap
@@ -98,13 +95,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
-    raise_nofile()
-    report = Report("gateway_gc")
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=LOG_DIR, prefix="gateway-gc-") as tmp:
-        options = WrkOptions(args.duration, args.connections)
-        for result in uvloop.run(run(options, Path(tmp), args.rounds)):
-            report.add(result)
+    report = measured(run, WrkOptions(args.duration, args.connections), args.rounds, "gateway_gc")
     report.notes.append(
         "Collections are counted over the wrk run and its one-second warm-up; 'collector µs/req' "
         "is their total pause divided by the requests of both. The default rounds run first: the "

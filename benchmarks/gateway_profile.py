@@ -216,6 +216,21 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
     return [median_round(results) for results in measured.values()]
 
 
+Measurements = Callable[[WrkOptions, Path, int], Awaitable[list[Result]]]
+
+
+def measured(measurements: Measurements, options: WrkOptions, rounds: int, name: str) -> Report:
+    """A report of what ``measurements`` (served in this process, on uvloop) found, run in a
+    fresh directory under ``LOG_DIR`` with the descriptor limit raised for wrk's connections."""
+    raise_nofile()
+    report = Report(name)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=LOG_DIR, prefix=f"{name}-") as tmp:
+        for result in uvloop.run(measurements(options, Path(tmp), rounds)):
+            report.add(result)
+    return report
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description="CPU per request of the gateway's paths.")
     parser.add_argument("--duration", type=int, default=4)
@@ -223,13 +238,8 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--name", default="gateway_profile")
     args = parser.parse_args(argv)
-    raise_nofile()
-    report = Report(args.name)
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=LOG_DIR, prefix="gateway-profile-") as tmp:
-        options = WrkOptions(args.duration, args.connections)
-        for result in uvloop.run(profile(options, Path(tmp), args.rounds)):
-            report.add(result)
+    options = WrkOptions(args.duration, args.connections)
+    report = measured(profile, options, args.rounds, args.name)
     report.notes.append(
         "CPU times are thread_time() of the event-loop thread and process_time() of the whole "
         "process over the measured wrk run; wrk itself runs in its own process. 'machine idle' "

@@ -192,3 +192,77 @@ async def _locked(tmp_path: Path) -> None:
         await broker.send("q", [OutgoingMessage("after")])
         assert child_pid(broker) == pid  # the same child: a refusal is not a crash
         assert await drain(broker, "q") == {"before", "after"}
+
+
+def test_one_frame_of_mixed_sends_answers_each_send_alone(tmp_path: Path) -> None:
+    asyncio.run(_mixed_frame(tmp_path))
+
+
+async def _mixed_frame(tmp_path: Path) -> None:
+    """Sends of one event-loop iteration travel as one frame: to two queues, plain bodies and
+    full messages (attributes, delay), one too large, one whose body is not a string, one whose
+    attribute JSON cannot carry, one to a missing queue. Each gets its own answer, in its order,
+    and only the valid ones are stored, with the ids and checksums their results name."""
+    async with SQLiteBroker(tmp_path / "b.db", send_process=True) as broker:
+        await broker.create_queue(QueueConfig("a", max_message_size=1024))
+        await broker.create_queue(QueueConfig("b"))
+        attrs = {"kind": {"DataType": "String", "StringValue": "full"}}
+        sends: list[tuple[str, list[OutgoingMessage]]] = [
+            ("a", [OutgoingMessage("plain a1"), OutgoingMessage("plain a2")]),
+            ("b", [OutgoingMessage("full b", attributes=attrs)]),
+            ("a", [OutgoingMessage("x" * 1025)]),  # too large for a: refused alone
+            ("b", [OutgoingMessage("delayed b", delay=0)]),
+            ("a", [OutgoingMessage(42)]),  # type: ignore[arg-type]  # not a string: refused
+            (
+                "b",
+                [
+                    OutgoingMessage(
+                        "odd", attributes={"k": {"DataType": "String", "StringValue": {1}}}
+                    )
+                ],
+            ),  # type: ignore[dict-item]
+            ("nope", [OutgoingMessage("lost")]),
+            ("b", [OutgoingMessage("plain b")]),
+        ]
+        loop = asyncio.get_running_loop()
+        answers = []
+        for queue, messages in sends:  # all in one iteration: one frame
+            answers.append(future := loop.create_future())
+            broker.send_soon(queue, messages, future.set_result)
+        outcomes = await asyncio.wait_for(asyncio.gather(*answers), 10)
+        kinds = [type(o).__name__ if isinstance(o, SluiceError) else "stored" for o in outcomes]
+        assert kinds == [
+            "stored",
+            "stored",
+            "MessageTooLarge",
+            "stored",
+            "ValidationError",
+            "ValidationError",
+            "QueueDoesNotExist",
+            "stored",
+        ]
+        assert "JSON" in str(outcomes[5])
+        stored = {
+            r.message_id: (body, r.md5_of_body)
+            for outcome, (_, messages) in zip(outcomes, sends, strict=True)
+            if isinstance(outcome, list)
+            for r, body in zip(outcome, (m.body for m in messages), strict=True)
+        }
+        received = {}
+        for queue in ("a", "b"):
+            while batch := await broker.receive(queue, 10):
+                received.update(
+                    {m.message_id: (m.body, m.md5_of_body, m.attributes) for m in batch}
+                )
+                await broker.delete(queue, [m.receipt_handle for m in batch])
+        assert {i: v[:2] for i, v in received.items()} == stored
+        full = [v[2] for v in received.values() if v[0] == "full b"]
+        assert full == [attrs]
+        assert {body for body, _ in stored.values()} == {
+            "plain a1",
+            "plain a2",
+            "full b",
+            "delayed b",
+            "plain b",
+        }
+        assert all(md5 == hashlib.md5(body.encode()).hexdigest() for body, md5 in stored.values())

@@ -8,10 +8,13 @@ runs the same group commit as the writer thread (`groupcommit.commit_group`, `se
 answers each frame once it is committed. A send returns only after that answer: durable as before.
 
 The pipes carry frames: a little-endian u32 length, then JSON. To the child, one frame per
-event-loop iteration: a list of sends ``[queue, now, ids, [[body, attributes, delay, group_id,
-deduplication_id], ...]]`` (the child computes the MD5s it stores). From the child: an empty
-frame once the database is open, then one frame per frame received, in order: per send ``null``
-(stored) or ``[code, message]``.
+event-loop iteration: ``[now, [[queue, [send, ...]], ...]]``, its sends gathered by queue, each
+send a list of messages: the body alone when it has no attributes, delay or ids (nearly always),
+else ``[body, attributes, delay, group_id, deduplication_id]`` (``now`` in milliseconds of the
+broker's clock, taken as the frame is written). From the child: an empty frame once the database
+is open, then one frame per frame received, in order: per send, in the frame's order, the list of
+its message ids (stored; the child makes the ids and the MD5s it stores) or ``{"error": code,
+"message": ...}`` (refused, nothing of it stored).
 
 If the child dies, every send it had not answered fails with `Unavailable` (stored or not is then
 unknown: at-least-once, as for any send that gets no answer) and the next send starts a new one.
@@ -28,25 +31,26 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import orjson
 
-from sluice.broker.contract import OutgoingMessage, SendResult
+from sluice.broker.contract import OutgoingMessage
 from sluice.broker.groupcommit import Checkpointer, Operation, Outcome, commit_group
 from sluice.errors import SluiceError, Unavailable, ValidationError, error_for
 from sluice.futures import settle
 
-if TYPE_CHECKING:
-    from sluice.broker.sqlite import _StandardSend
-
 log = logging.getLogger("sluice.broker")
 
-Done = Callable[[SluiceError | None], None]  # told a send's outcome: None when it is committed
+# Told a send's outcome: its message ids once it is committed, or the error that refused it.
+Done = Callable[[list[str] | SluiceError], None]
+# A message as a frame carries it: its body alone, or all its fields.
+Message = str | tuple[str, Any, float | None, str | None, str | None]
 START_TIMEOUT = 30.0  # seconds for the child to open the database
 STOP_TIMEOUT = 30.0  # seconds for the child to commit what it has and exit
 # Frames written and not answered yet: one being committed, one waiting for the child to read it.
@@ -78,9 +82,15 @@ class SendProcess:
     # The child's command line before its two arguments (a benchmark swaps in a diagnostic child).
     child_command: tuple[str, ...] = (sys.executable, "-m", __name__)
 
-    def __init__(self, path: Path, pragmas: Mapping[str, str | int]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        pragmas: Mapping[str, str | int],
+        clock_ms: Callable[[], int] = lambda: round(time.time() * 1000),
+    ) -> None:
         self.path = path
         self.pragmas = dict(pragmas)
+        self.clock_ms = clock_ms
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._pipes: _ChildPipes | None = None
@@ -88,8 +98,9 @@ class SendProcess:
         self._ended: asyncio.Future[None] | None = None  # its output ended
         self._starting: asyncio.Lock | None = None
         self._closed = False
-        # This iteration's encoded sends with their callbacks; then each written frame's callbacks.
-        self._gathering: list[tuple[bytes, Done]] = []
+        # This iteration's sends by queue, each beside its callback; then each written frame's
+        # callbacks, in the frame's order.
+        self._gathering: dict[str, tuple[list[list[Message]], list[Done]]] = {}
         self._flush_soon = False
         self._in_flight: collections.deque[list[Done]] = collections.deque()
 
@@ -142,32 +153,27 @@ class SendProcess:
             pipes.kill()
             await pipes.exited
 
-    async def send(self, send: _StandardSend) -> list[SendResult]:
-        """Store one send; return once it is committed, or raise what refused it."""
+    async def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Store one send; return its message ids once it is committed, or raise what refused
+        it."""
         if self._transport is None and not self._closed:
             await self.start()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.submit(send, partial(settle, future))
-        await future
-        return send.results()
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self.submit(queue, messages, partial(_settle_outcome, future))
+        return await future
 
-    def submit(self, send: _StandardSend, done: Done) -> None:
-        """Hand one send to the child; ``done(None)`` once it is committed, or ``done(error)``.
-        Raises at once what refuses it before it is handed over (not JSON-representable, the
-        child not running)."""
+    def submit(self, queue: str, messages: Sequence[OutgoingMessage], done: Done) -> None:
+        """Hand one send to the child; ``done(ids)`` once it is committed, or ``done(error)``.
+        Raises `Unavailable` at once if the child is not running."""
         if self._closed:
             raise Unavailable("the SQLite broker is not started")
         if self._stdin is None or self._stdin.is_closing():
             raise Unavailable("the SQLite send process is not running")
-        messages = [
-            (m.body, dict(m.attributes) or None, m.delay, m.group_id, m.deduplication_id)
-            for m in send.messages
-        ]
-        try:
-            encoded = orjson.dumps((send.queue, send.now, send.ids, messages))
-        except TypeError as error:
-            raise ValidationError(f"a message is not JSON-representable: {error}") from None
-        self._gathering.append((encoded, done))
+        gathered = self._gathering.get(queue)
+        if gathered is None:
+            gathered = self._gathering[queue] = ([], [])
+        gathered[0].append([_carried(m) for m in messages])
+        gathered[1].append(done)
         if not self._flush_soon and len(self._in_flight) < MAX_FRAMES_IN_FLIGHT:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -179,13 +185,15 @@ class SendProcess:
         self._flush_soon = False
         if not self._gathering or (len(self._in_flight) >= MAX_FRAMES_IN_FLIGHT and not at_once):
             return
-        gathered, self._gathering = self._gathering, []
-        callbacks = [done for _, done in gathered]
+        gathered, self._gathering = self._gathering, {}
         if self._stdin is None or self._stdin.is_closing():
-            _answer(callbacks, Unavailable("the SQLite send process is not running"))
+            error = Unavailable("the SQLite send process is not running")
+            _answer([done for _, callbacks in gathered.values() for done in callbacks], error)
             return
-        self._stdin.write(_frame(b"[" + b",".join(encoded for encoded, _ in gathered) + b"]"))
-        self._in_flight.append(callbacks)
+        payload, callbacks = _encode(self.clock_ms(), gathered)
+        if callbacks:
+            self._stdin.write(_frame(payload))
+            self._in_flight.append(callbacks)
 
     # -- from the child's pipes ------------------------------------------------------------
 
@@ -196,7 +204,14 @@ class SendProcess:
         callbacks = self._in_flight.popleft()
         self._flush()  # what gathered while the child worked: it reads it as soon as it can
         for done, outcome in zip(callbacks, orjson.loads(payload), strict=True):
-            _call(done, None if outcome is None else error_for(*outcome))
+            try:
+                done(
+                    outcome
+                    if type(outcome) is list
+                    else error_for(outcome["error"], outcome["message"])
+                )
+            except Exception:  # one caller's failure must not keep the others from their answers
+                log.exception("a send's callback failed")
 
     def _gone(self) -> None:
         """The child's output ended (it exited, or is exiting): what it did not answer has an
@@ -212,20 +227,58 @@ class SendProcess:
         )
         while self._in_flight:
             _answer(self._in_flight.popleft(), error)
-        gathered, self._gathering = self._gathering, []  # never handed over: not stored
-        _answer([done for _, done in gathered], Unavailable("the SQLite send process ended"))
+        gathered, self._gathering = self._gathering, {}  # never handed over: not stored
+        _answer(
+            [done for _, callbacks in gathered.values() for done in callbacks],
+            Unavailable("the SQLite send process ended"),
+        )
 
 
-def _call(done: Done, error: SluiceError | None) -> None:
+def _carried(m: OutgoingMessage) -> Message:
+    if not m.attributes and m.delay is None and m.group_id is None and m.deduplication_id is None:
+        return m.body
+    return (m.body, m.attributes or None, m.delay, m.group_id, m.deduplication_id)
+
+
+def _settle_outcome(future: asyncio.Future[list[str]], outcome: list[str] | SluiceError) -> None:
+    if isinstance(outcome, SluiceError):
+        settle(future, outcome)
+    else:
+        settle(future, None, outcome)
+
+
+def _encode(
+    now: int, gathered: Mapping[str, tuple[list[list[Message]], list[Done]]]
+) -> tuple[bytes, list[Done]]:
+    """A frame's JSON and its callbacks in the frame's order. A send that cannot be encoded (an
+    attribute that JSON cannot represent) is refused alone: its callback is told at once."""
     try:
-        done(error)
-    except Exception:  # one caller's failure must not keep the others from their answers
-        log.exception("a send's callback failed")
+        return orjson.dumps([now, [[q, sends] for q, (sends, _) in gathered.items()]]), [
+            done for _, callbacks in gathered.values() for done in callbacks
+        ]
+    except TypeError:
+        pass  # which send it was is found send by send
+    encodable: dict[str, tuple[list[list[Message]], list[Done]]] = {}
+    for queue, (sends, callbacks) in gathered.items():
+        for send, done in zip(sends, callbacks, strict=True):
+            try:
+                orjson.dumps(send)
+            except TypeError as error:
+                refused = ValidationError(f"a message is not JSON-representable: {error}")
+                _answer([done], refused)
+                continue
+            kept = encodable.setdefault(queue, ([], []))
+            kept[0].append(send)
+            kept[1].append(done)
+    return _encode(now, encodable) if encodable else (b"", [])
 
 
 def _answer(callbacks: list[Done], error: SluiceError) -> None:
     for done in callbacks:
-        _call(done, error)
+        try:
+            done(error)
+        except Exception:  # one caller's failure must not keep the others from their answers
+            log.exception("a send's callback failed")
 
 
 class _ChildPipes(asyncio.SubprocessProtocol):
@@ -264,26 +317,50 @@ class _ChildPipes(asyncio.SubprocessProtocol):
 # -- the child ---------------------------------------------------------------------------------
 
 
-def _outcome(op_outcome: Outcome) -> Any:
-    """A send's outcome as the parent reads it: None (stored) or [code, message]."""
-    ok, value = op_outcome
-    if ok:  # the batch ran: this send's own outcome is its only item
-        ok, value = value[0]
-    if ok:
-        return None
-    if isinstance(value, SluiceError):
-        return [value.code, value.message]
-    return ["InternalError", f"{type(value).__name__}: {value}"]
+class _Frame:
+    """One received frame's sends as group-commit operations, one per queue, whose items are
+    that queue's sends with the ids made for them here."""
+
+    __slots__ = ("operations",)
+
+    def __init__(self, frame: bytes, ids: Any, send_fn: Any, alone_fn: Any) -> None:
+        # Imported here: `sqlite` imports this module.
+        from sluice.broker.sqlite import _PlainSend, _StandardSend
+
+        now, queues = orjson.loads(frame)
+        self.operations = []
+        for queue, sends in queues:
+            op = Operation(send_fn, None, key=("send", queue), alone=alone_fn)
+            for messages in sends:
+                message_ids = ids.take(len(messages))
+                if all(type(m) is not list for m in messages):
+                    op.items.append(_PlainSend(queue, messages, now, message_ids))
+                else:
+                    full = [
+                        OutgoingMessage(*m) if type(m) is list else OutgoingMessage(m)
+                        for m in messages
+                    ]
+                    op.items.append(_StandardSend(queue, full, now, message_ids))
+            self.operations.append(op)
+
+    def answer(self, outcomes: Mapping[int, Outcome]) -> bytes:
+        """The frame's answer, given each operation's outcome by ``id``: per send, its ids
+        (stored) or its error."""
+        answers: list[Any] = []
+        for op in self.operations:
+            ok, value = outcomes[id(op)]
+            if not ok:  # the whole operation failed: each of its sends with it
+                answers += [_refusal(value)] * len(op.items)
+                continue
+            for send, (stored, error) in zip(op.items, value, strict=True):
+                answers.append(send.ids if stored else _refusal(error))
+        return _frame(orjson.dumps(answers))
 
 
-def _ops(frame: bytes, send_fn: Any, alone_fn: Any, standard_send: Any) -> list[Operation]:
-    """A frame's sends as group-commit operations (``standard_send`` is `sqlite._StandardSend`,
-    passed in: this module cannot import `sqlite`, which imports it)."""
-    ops = []
-    for queue, now, ids, messages in orjson.loads(frame):
-        send = standard_send(queue, [OutgoingMessage(*m) for m in messages], now, ids)
-        ops.append(Operation(send_fn, None, key=("send", queue), items=[send], alone=alone_fn))
-    return ops
+def _refusal(error: BaseException) -> dict[str, str]:
+    if isinstance(error, SluiceError):
+        return error.to_dict()
+    return {"error": "InternalError", "message": f"{type(error).__name__}: {error}"}
 
 
 def serve(path: Path, pragmas: Mapping[str, str | int], stdin: int, stdout: int) -> None:
@@ -291,7 +368,7 @@ def serve(path: Path, pragmas: Mapping[str, str | int], stdin: int, stdout: int)
     from sluice.broker.sqlite import (
         CHECKPOINT_DELAY,
         QueueCache,
-        _StandardSend,
+        _Ids,
         open_writer,
         send_standard,
         send_standard_alone,
@@ -303,20 +380,19 @@ def serve(path: Path, pragmas: Mapping[str, str | int], stdin: int, stdout: int)
     checkpointer.start()
     cache = QueueCache()
     send_fn, alone_fn = partial(send_standard, cache), partial(send_standard_alone, cache)
+    ids = _Ids()
     os.write(stdout, _frame(b""))
     buffer = bytearray()
     try:
         while data := os.read(stdin, 1 << 20):
             buffer += data
-            frames = [_ops(f, send_fn, alone_fn, _StandardSend) for f in _frames(buffer)]
+            frames = [_Frame(f, ids, send_fn, alone_fn) for f in _frames(buffer)]
             if not frames:
                 continue
-            outcomes = iter(commit_group(conn, [op for ops in frames for op in ops]))
+            ops = [op for frame in frames for op in frame.operations]
+            outcomes = dict(zip(map(id, ops), commit_group(conn, ops), strict=True))
             checkpointer.committed()
-            answers = [
-                _frame(orjson.dumps([_outcome(next(outcomes)) for _ in ops])) for ops in frames
-            ]
-            os.write(stdout, b"".join(answers))
+            os.write(stdout, b"".join(frame.answer(outcomes) for frame in frames))
     except BrokenPipeError:
         pass  # the parent is gone; what was committed stays
     finally:

@@ -91,6 +91,11 @@ class _Ids:
         return [f"{prefix}{next(counter) & 0xFFFFFFFFFFFF:012x}" for _ in range(n)]
 
 
+def _send_results(ids: list[str], messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+    """A committed send's results, each checksum computed only if it is read."""
+    return [SendResult(i, body=m.body) for i, m in zip(ids, messages, strict=True)]
+
+
 def _md5s(messages: Sequence[OutgoingMessage]) -> list[str]:
     # A body that is not a string gets no checksum here; validation refuses it in the writer.
     return [md5_of_body(m.body) if isinstance(m.body, str) else "" for m in messages]
@@ -116,8 +121,24 @@ class _StandardSend(NamedTuple):
     md5s: list[str] | None = None  # None: computed where it is written (the send process)
 
     def results(self) -> list[SendResult]:
-        """Its results once committed, each checksum computed only if it is read."""
-        return [SendResult(i, body=m.body) for i, m in zip(self.ids, self.messages, strict=True)]
+        """Its results once committed (a checksum not made yet is computed only if it is read)."""
+        if self.md5s is not None:
+            return list(map(SendResult, self.ids, self.md5s))
+        return _send_results(self.ids, self.messages)
+
+
+class _PlainSend(NamedTuple):
+    """A send whose messages are bodies alone (no attributes, delay or ids: nearly every send
+    through a gateway route), as the send process reads it from a frame: no object per message."""
+
+    queue: str
+    bodies: list[Any]  # strings, unless the sender gave something else (then refused)
+    now: int
+    ids: list[str]
+
+    def standard(self) -> _StandardSend:
+        messages = [OutgoingMessage(body) for body in self.bodies]
+        return _StandardSend(self.queue, messages, self.now, self.ids)
 
 
 def _insert_standard(conn: sqlite3.Connection, queue: _CachedQueue, values: list[Any]) -> int:
@@ -139,35 +160,57 @@ _PADDING = [None] * (sql.STANDARD_COLUMNS * sql.MAX_ROWS_PER_INSERT)
 
 
 def _prepare_standard(
-    queue: _CachedQueue, sends: list[_StandardSend]
+    queue: _CachedQueue, sends: Sequence[_StandardSend | _PlainSend]
 ) -> tuple[list[Any], list[tuple[bool, Any]]]:
     """The rows to insert for the valid sends (flat, `sql.STANDARD_COLUMNS` per row) and every
-    send's outcome: its results, or the error that refused it alone (nothing is written here)."""
+    send's outcome: ``(True, None)`` (its `_StandardSend.results` once committed), or the error
+    that refused it alone (nothing is written here)."""
     config = queue.config
     default_delay = _ms(config.delay)
     values: list[Any] = []
     outcomes: list[tuple[bool, Any]] = []
     for send in sends:
-        now = send.now
+        if type(send) is _PlainSend:
+            if _plain_fits(send.bodies, config.max_message_size):
+                now = send.now
+                visible = now + default_delay
+                for body, message_id in zip(send.bodies, send.ids, strict=True):
+                    values += (visible, now, message_id, md5_of_body(body), body, None)
+                outcomes.append(_STORED)
+                continue
+            send = send.standard()  # refused: the full checks say why
+        assert type(send) is _StandardSend
+        mine: list[Any] = []
         try:
             validate_messages(config, send.messages)
-            mine: list[Any] = []
-            md5s = send.md5s if send.md5s is not None else _md5s(send.messages)
-            for m, message_id, md5 in zip(send.messages, send.ids, md5s, strict=True):
+            now, md5s = send.now, send.md5s
+            for i, (m, message_id) in enumerate(zip(send.messages, send.ids, strict=True)):
                 mine += (
                     now + (default_delay if m.delay is None else _ms(m.delay)),
                     now,
                     message_id,
-                    md5,
+                    md5_of_body(m.body) if md5s is None else md5s[i],
                     m.body,
                     orjson.dumps(dict(m.attributes)).decode() if m.attributes else None,
                 )
-        except Exception as error:
+        except Exception as error:  # refused, or an attribute JSON cannot represent
             outcomes.append((False, error))
             continue
         values += mine
-        outcomes.append((True, list(map(SendResult, send.ids, md5s))))
+        outcomes.append(_STORED)
     return values, outcomes
+
+
+_STORED = (True, None)
+
+
+def _plain_fits(bodies: list[Any], limit: int) -> bool:
+    """Whether bodies alone make a valid send (`validate_messages`' checks for them): at least
+    one, each a string of at most ``limit`` bytes."""
+    return bool(bodies) and all(
+        type(body) is str and (len(body) if body.isascii() else len(body.encode())) <= limit
+        for body in bodies
+    )
 
 
 _RECEIPT = re.compile(r"([0-9]{1,18})\.([0-9a-f]{1,16})")
@@ -282,7 +325,7 @@ class QueueCache:
 
 
 def send_standard(
-    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend]
+    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend | _PlainSend]
 ) -> list[tuple[bool, Any]]:
     """Pending sends to one standard queue, in the writer's transaction: one lookup, each send
     checked, few inserts."""
@@ -294,7 +337,7 @@ def send_standard(
 
 
 def send_standard_alone(
-    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend]
+    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend | _PlainSend]
 ) -> list[tuple[bool, Any]] | None:
     """The same sends as one statement outside any transaction (it commits, and fsyncs, by
     itself), checked against the queue as it last was: a single trip into SQLite for the whole
@@ -352,7 +395,7 @@ class SQLiteBroker:
         self._queues = QueueCache()  # the writer thread's
         self._send_standard = partial(send_standard, self._queues)
         self._send_standard_alone = partial(send_standard_alone, self._queues)
-        self._send_process = SendProcess(self.path, extra) if send_process else None
+        self._send_process = SendProcess(self.path, extra, self._now) if send_process else None
         self._sending: set[asyncio.Task[Any]] = set()  # `send_soon`'s tasks, kept till done
         self._ids = _Ids()
 
@@ -422,8 +465,8 @@ class SQLiteBroker:
     # -- messages --------------------------------------------------------------------------------
 
     async def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        now = self._now()
         if queue.endswith(".fifo"):
+            now = self._now()
 
             def op(conn: sqlite3.Connection) -> list[SendResult]:
                 qid, config = _find_queue(conn, queue)
@@ -431,18 +474,19 @@ class SQLiteBroker:
                 return self._send_fifo(conn, qid, config, messages, now)
 
             results = await self._writer.submit(op)
+        elif self._send_process is not None:
+            # The child makes the ids and the checksums it stores, off this event loop.
+            ids = await self._send_process.send(queue, messages)
+            results = _send_results(ids, messages)
         else:
-            # Ids (and, for the writer thread, checksums) are made here, on the caller's thread,
-            # so the writer (which every commit waits for) does only the lookup and the insert;
-            # a send process computes the checksums it stores.
+            # Ids and checksums are made here, on the caller's thread, so the writer (which
+            # every commit waits for) does only the lookup and the insert.
             ids = self._ids.take(len(messages))
-            if self._send_process is not None:
-                results = await self._send_process.send(_StandardSend(queue, messages, now, ids))
-            else:
-                send = _StandardSend(queue, messages, now, ids, _md5s(messages))
-                results = await self._writer.submit_batched(
-                    ("send", queue), self._send_standard, send, alone=self._send_standard_alone
-                )
+            send = _StandardSend(queue, messages, self._now(), ids, _md5s(messages))
+            await self._writer.submit_batched(
+                ("send", queue), self._send_standard, send, alone=self._send_standard_alone
+            )
+            results = send.results()
         self._wake(queue)
         return results
 
@@ -457,21 +501,23 @@ class SQLiteBroker:
             self._sending.add(task)
             task.add_done_callback(partial(self._sent, done))
             return
-        ids = self._ids.take(len(messages))
-        # The checksums are the child's to compute (it stores them), off this event loop.
-        send = _StandardSend(queue, messages, self._now(), ids, None)
-
-        def committed(error: SluiceError | None) -> None:
-            if error is None:
-                self._wake(queue)
-                done(send.results())
-            else:
-                done(error)
-
         try:
-            process.submit(send, committed)
+            process.submit(queue, messages, partial(self._committed, queue, messages, done))
         except SluiceError as error:
             done(error)
+
+    def _committed(
+        self,
+        queue: str,
+        messages: Sequence[OutgoingMessage],
+        done: Callable[[SendOutcome], None],
+        outcome: list[str] | SluiceError,
+    ) -> None:
+        if isinstance(outcome, SluiceError):
+            done(outcome)
+        else:
+            self._wake(queue)
+            done(_send_results(outcome, messages))
 
     def _sent(
         self, done: Callable[[SendOutcome], None], task: asyncio.Task[list[SendResult]]

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sluice.broker.send_process import _frame, _frames
+from sluice.broker.send_process import READ_SIZE, _frame, _frames
 
 
 def _ids(frame: list[Any]) -> list[list[str]]:
@@ -26,7 +26,7 @@ def main() -> None:
     os.dup2(2, 1)
     os.write(out, _frame(b""))  # "the database is open"
     buffer = bytearray()
-    while data := os.read(0, 1 << 20):
+    while data := os.read(0, READ_SIZE):
         buffer += data
         frames = _frames(buffer)
         if frames:

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from sluice.broker.contract import OutgoingMessage, QueueConfig, SendOutcome
-from sluice.broker.send_process import SendProcess
+from sluice.broker.send_process import READ_SIZE, SendProcess
 from sluice.broker.sqlite import SQLiteBroker
 from sluice.errors import QueueDoesNotExist, SluiceError, Unavailable
 
@@ -266,3 +266,18 @@ async def _mixed_frame(tmp_path: Path) -> None:
             "plain b",
         }
         assert all(md5 == hashlib.md5(body.encode()).hexdigest() for body, md5 in stored.values())
+
+
+def test_a_frame_larger_than_one_read_arrives_whole(tmp_path: Path) -> None:
+    asyncio.run(_large_frame(tmp_path))
+
+
+async def _large_frame(tmp_path: Path) -> None:
+    """The child reads `READ_SIZE` bytes at a time: a frame of several reads is still one frame."""
+    async with SQLiteBroker(tmp_path / "b.db", send_process=True) as broker:
+        await broker.create_queue(QueueConfig("q"))
+        big = "".join(chr(0x41 + i % 26) for i in range(3 * READ_SIZE // 2))
+        bodies = [big, big[::-1], "small"]
+        results = await asyncio.gather(*(broker.send("q", [OutgoingMessage(b)]) for b in bodies))
+        assert len({r[0].message_id for r in results}) == 3
+        assert await drain(broker, "q") == set(bodies)

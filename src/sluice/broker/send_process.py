@@ -321,42 +321,64 @@ class _ChildPipes(asyncio.SubprocessProtocol):
 
 
 class _Frame:
-    """One received frame's sends as group-commit operations, one per queue, whose items are
-    that queue's sends with the ids made for them here."""
+    """One received frame's sends as group-commit operations, one per queue, with the ids made
+    for them here: the sends of plain bodies as one `sqlite._PlainSends` item, each other send as
+    a `sqlite._StandardSend` item after it."""
 
-    __slots__ = ("operations",)
+    __slots__ = ("operations", "plain")
 
     def __init__(self, frame: bytes, ids: Any, send_fn: Any, alone_fn: Any) -> None:
         # Imported here: `sqlite` imports this module.
-        from sluice.broker.sqlite import _PlainSend, _StandardSend
+        from sluice.broker.sqlite import _PlainSends, _StandardSend
 
         now, queues = orjson.loads(frame)
-        self.operations = []
+        self.operations: list[Operation] = []
+        self.plain: list[list[bool]] = []  # per operation, per send in order: plain or not
         for queue, sends in queues:
-            op = Operation(send_fn, None, key=("send", queue), alone=alone_fn)
-            for messages in sends:
-                message_ids = ids.take(len(messages))
-                if all(type(m) is not list for m in messages):
-                    op.items.append(_PlainSend(queue, messages, now, message_ids))
+            counts: list[int] = []
+            bodies: list[Any] = []
+            full: list[Any] = []
+            plain = [all(type(m) is not list for m in messages) for messages in sends]
+            for messages, is_plain in zip(sends, plain, strict=True):
+                if is_plain:
+                    counts.append(len(messages))
+                    bodies += messages
                 else:
-                    full = [
+                    outgoing = [
                         OutgoingMessage(*m) if type(m) is list else OutgoingMessage(m)
                         for m in messages
                     ]
-                    op.items.append(_StandardSend(queue, full, now, message_ids))
+                    full.append(_StandardSend(queue, outgoing, now, ids.take(len(messages))))
+            op = Operation(send_fn, None, key=("send", queue), alone=alone_fn)
+            if counts:
+                op.items.append(_PlainSends(queue, now, counts, bodies, ids.take(len(bodies))))
+            op.items += full
             self.operations.append(op)
+            self.plain.append(plain)
 
     def answer(self, outcomes: Mapping[int, Outcome]) -> bytes:
-        """The frame's answer, given each operation's outcome by ``id``: per send, its ids
-        (stored) or its error."""
+        """The frame's answer, given each operation's outcome by ``id``: per send, in the
+        frame's order, its ids (stored) or its error."""
         answers: list[Any] = []
-        for op in self.operations:
+        for op, plain in zip(self.operations, self.plain, strict=True):
             ok, value = outcomes[id(op)]
             if not ok:  # the whole operation failed: each of its sends with it
-                answers += [_refusal(value)] * len(op.items)
+                answers += [_refusal(value)] * len(plain)
                 continue
-            for send, (stored, error) in zip(op.items, value, strict=True):
-                answers.append(send.ids if stored else _refusal(error))
+            items = iter(zip(op.items, value, strict=True))
+            if any(plain):
+                plain_sends, (_, refusals) = next(items)
+                counts, ids = iter(plain_sends.counts), plain_sends.ids
+                refused = iter(refusals)
+            at = 0
+            for is_plain in plain:
+                if is_plain:
+                    count, refusal = next(counts), next(refused)
+                    answers.append(ids[at : at + count] if refusal is None else _refusal(refusal))
+                    at += count
+                else:
+                    send, (stored, error) = next(items)
+                    answers.append(send.ids if stored else _refusal(error))
         return _frame(orjson.dumps(answers))
 
 

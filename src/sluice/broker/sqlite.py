@@ -127,18 +127,17 @@ class _StandardSend(NamedTuple):
         return _send_results(self.ids, self.messages)
 
 
-class _PlainSend(NamedTuple):
-    """A send whose messages are bodies alone (no attributes, delay or ids: nearly every send
-    through a gateway route), as the send process reads it from a frame: no object per message."""
+class _PlainSends(NamedTuple):
+    """The sends of one frame to one queue whose messages are bodies alone (no attributes, delay
+    or ids: nearly every send through a gateway route), as the send process reads them: one item
+    for all of them, no object per send or message. Its outcome, once prepared, is each send's
+    refusal, or None when it is stored."""
 
     queue: str
-    bodies: list[Any]  # strings, unless the sender gave something else (then refused)
     now: int
-    ids: list[str]
-
-    def standard(self) -> _StandardSend:
-        messages = [OutgoingMessage(body) for body in self.bodies]
-        return _StandardSend(self.queue, messages, self.now, self.ids)
+    counts: list[int]  # messages per send, in order
+    bodies: list[Any]  # all their bodies, flat (strings, unless a sender gave something else)
+    ids: list[str]  # their message ids, flat
 
 
 def _insert_standard(conn: sqlite3.Connection, queue: _CachedQueue, values: list[Any]) -> int:
@@ -160,25 +159,20 @@ _PADDING = [None] * (sql.STANDARD_COLUMNS * sql.MAX_ROWS_PER_INSERT)
 
 
 def _prepare_standard(
-    queue: _CachedQueue, sends: Sequence[_StandardSend | _PlainSend]
+    queue: _CachedQueue, sends: Sequence[_StandardSend | _PlainSends]
 ) -> tuple[list[Any], list[tuple[bool, Any]]]:
     """The rows to insert for the valid sends (flat, `sql.STANDARD_COLUMNS` per row) and every
-    send's outcome: ``(True, None)`` (its `_StandardSend.results` once committed), or the error
-    that refused it alone (nothing is written here)."""
+    item's outcome: a `_StandardSend`'s ``(True, None)`` (its `_StandardSend.results` once
+    committed) or the error that refused it; `_PlainSends`' ``(True, refusals)``, one refusal or
+    None per send. Nothing is written here."""
     config = queue.config
     default_delay = _ms(config.delay)
     values: list[Any] = []
     outcomes: list[tuple[bool, Any]] = []
     for send in sends:
-        if type(send) is _PlainSend:
-            if _plain_fits(send.bodies, config.max_message_size):
-                now = send.now
-                visible = now + default_delay
-                for body, message_id in zip(send.bodies, send.ids, strict=True):
-                    values += (visible, now, message_id, md5_of_body(body), body, None)
-                outcomes.append(_STORED)
-                continue
-            send = send.standard()  # refused: the full checks say why
+        if type(send) is _PlainSends:
+            outcomes.append((True, _prepare_plain(send, config, default_delay, values)))
+            continue
         assert type(send) is _StandardSend
         mine: list[Any] = []
         try:
@@ -204,10 +198,37 @@ def _prepare_standard(
 _STORED = (True, None)
 
 
+def _prepare_plain(
+    sends: _PlainSends, config: QueueConfig, default_delay: int, values: list[Any]
+) -> list[Exception | None]:
+    """Add the rows of the valid sends among ``sends`` to ``values``; each send's refusal, or
+    None. All of them are checked in one pass first: a refused one is rare."""
+    limit, now = config.max_message_size, sends.now
+    visible = now + default_delay
+    if all(sends.counts) and _plain_fits(sends.bodies, limit):
+        for body, message_id in zip(sends.bodies, sends.ids, strict=True):
+            values += (visible, now, message_id, md5_of_body(body), body, None)
+        return [None] * len(sends.counts)
+    refusals: list[Exception | None] = []
+    at = 0
+    for count in sends.counts:
+        bodies, ids = sends.bodies[at : at + count], sends.ids[at : at + count]
+        at += count
+        try:  # the full checks name what is wrong with a send that does not fit
+            validate_messages(config, [OutgoingMessage(body) for body in bodies])
+        except Exception as error:
+            refusals.append(error)
+            continue
+        for body, message_id in zip(bodies, ids, strict=True):
+            values += (visible, now, message_id, md5_of_body(body), body, None)
+        refusals.append(None)
+    return refusals
+
+
 def _plain_fits(bodies: list[Any], limit: int) -> bool:
-    """Whether bodies alone make a valid send (`validate_messages`' checks for them): at least
-    one, each a string of at most ``limit`` bytes."""
-    return bool(bodies) and all(
+    """Whether bodies alone are valid messages (`validate_messages`' checks for them): each a
+    string of at most ``limit`` bytes."""
+    return all(
         type(body) is str and (len(body) if body.isascii() else len(body.encode())) <= limit
         for body in bodies
     )
@@ -325,7 +346,7 @@ class QueueCache:
 
 
 def send_standard(
-    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend | _PlainSend]
+    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend | _PlainSends]
 ) -> list[tuple[bool, Any]]:
     """Pending sends to one standard queue, in the writer's transaction: one lookup, each send
     checked, few inserts."""
@@ -337,7 +358,7 @@ def send_standard(
 
 
 def send_standard_alone(
-    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend | _PlainSend]
+    cache: QueueCache, conn: sqlite3.Connection, sends: list[_StandardSend | _PlainSends]
 ) -> list[tuple[bool, Any]] | None:
     """The same sends as one statement outside any transaction (it commits, and fsyncs, by
     itself), checked against the queue as it last was: a single trip into SQLite for the whole

@@ -207,14 +207,7 @@ class SendProcess:
         callbacks = self._in_flight.popleft()
         self._flush()  # what gathered while the child worked: it reads it as soon as it can
         for done, outcome in zip(callbacks, orjson.loads(payload), strict=True):
-            try:
-                done(
-                    outcome
-                    if type(outcome) is list
-                    else error_for(outcome["error"], outcome["message"])
-                )
-            except Exception:  # one caller's failure must not keep the others from their answers
-                log.exception("a send's callback failed")
+            _call(done, _read(outcome))
 
     def _gone(self) -> None:
         """The child's output ended (it exited, or is exiting): what it did not answer has an
@@ -276,12 +269,21 @@ def _encode(
     return _encode(now, encodable) if encodable else (b"", [])
 
 
+def _read(answer: Any) -> list[str] | SluiceError:
+    """A send's answer from the child as its outcome: its message ids, or its error."""
+    return answer if type(answer) is list else error_for(answer["error"], answer["message"])
+
+
+def _call(done: Done, outcome: list[str] | SluiceError) -> None:
+    try:
+        done(outcome)
+    except Exception:  # one caller's failure must not keep the others from their answers
+        log.exception("a send's callback failed")
+
+
 def _answer(callbacks: list[Done], error: SluiceError) -> None:
     for done in callbacks:
-        try:
-            done(error)
-        except Exception:  # one caller's failure must not keep the others from their answers
-            log.exception("a send's callback failed")
+        _call(done, error)
 
 
 class _ChildPipes(asyncio.SubprocessProtocol):

@@ -121,10 +121,10 @@ class _StandardSend(NamedTuple):
     md5s: list[str] | None = None  # None: computed where it is written (the send process)
 
     def results(self) -> list[SendResult]:
-        """Its results once committed (a checksum not made yet is computed only if it is read)."""
-        if self.md5s is not None:
-            return list(map(SendResult, self.ids, self.md5s))
-        return _send_results(self.ids, self.messages)
+        """Its results once committed (made by the writer thread's caller, which made the
+        checksums too)."""
+        assert self.md5s is not None, "only a send with its checksums has results here"
+        return list(map(SendResult, self.ids, self.md5s))
 
 
 class _PlainSends(NamedTuple):

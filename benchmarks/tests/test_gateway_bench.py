@@ -35,11 +35,23 @@ def test_queue_row_measures_and_every_202_is_stored(tmp_path: Path, wrk: None) -
 
 
 def test_verdicts_compare_against_the_goals() -> None:
+    """Each goal's ratio of the median rounds, with the ratio within each round beside it."""
+    group = "gateway paths, one server process"
     report = Report("t", results_dir=Path("/nonexistent"))
-    for name, value in [("(1) a", 100.0), ("(2) b", 40.0), ("(3) c", 30.0), ("(4) d", 2.0)]:
-        report.add(Result("gateway paths, one server process", name, "req/s", value))
-    assert verdicts(report) == [
-        "(3)/(1) = 0.30 (goal >= 0.50): NOT met",
-        "(3)/(4) = 15.00 (goal >= 10.00): met",
-        "(2)/(1) = 0.40 (goal >= 0.33): met",
+    rounds: dict[str, list[Result]] = {}
+    for name, median, per_round in [
+        ("(1) a", 100.0, [100.0, 90.0]),
+        ("(2) b", 40.0, [40.0, 27.0]),
+        ("(3) c", 30.0, [30.0, 36.0]),
+        ("(4) d", 2.0, [2.0, 3.0]),
+        ("(7) e", 75.0, [75.0, 60.0]),
+    ]:
+        report.add(Result(group, name, "req/s", median))
+        rounds[name] = [Result(group, name, "req/s", value) for value in per_round]
+    assert verdicts(report, rounds) == [
+        "(3)/(7) = 0.40 (goal >= 0.50: NOT met); within each round 0.40 / 0.60, median 0.50",
+        "(3)/(1) = 0.30 (no goal (a cheaper request than (3)'s)); within each round 0.30 / 0.40,"
+        " median 0.35",
+        "(3)/(4) = 15.00 (goal >= 10.00: met); within each round 15.00 / 12.00, median 13.50",
+        "(2)/(1) = 0.40 (goal >= 0.33: met); within each round 0.40 / 0.30, median 0.35",
     ]

@@ -21,7 +21,7 @@ import pytest
 from sluice.broker.contract import OutgoingMessage, QueueConfig, SendOutcome
 from sluice.broker.send_process import READ_SIZE, SendProcess
 from sluice.broker.sqlite import SQLiteBroker
-from sluice.errors import QueueDoesNotExist, SluiceError, Unavailable
+from sluice.errors import MessageTooLarge, QueueDoesNotExist, SluiceError, Unavailable
 
 
 def child_pid(broker: SQLiteBroker) -> int:
@@ -281,3 +281,27 @@ async def _large_frame(tmp_path: Path) -> None:
         results = await asyncio.gather(*(broker.send("q", [OutgoingMessage(b)]) for b in bodies))
         assert len({r[0].message_id for r in results}) == 3
         assert await drain(broker, "q") == set(bodies)
+
+
+def test_a_queue_changed_since_the_childs_last_send_is_read_again(tmp_path: Path) -> None:
+    asyncio.run(_changed_queue(tmp_path))
+
+
+async def _changed_queue(tmp_path: Path) -> None:
+    """The child inserts against the queue as it last saw it; when the queue has changed since
+    (new settings, or deleted and created again), nothing is inserted by that statement and the
+    sends run again against the queue as it is now: its new limits apply, its new id holds them."""
+    async with SQLiteBroker(tmp_path / "b.db", send_process=True) as broker:
+        await broker.create_queue(QueueConfig("q"))
+        await broker.send("q", [OutgoingMessage("seen by the child")])
+        await broker.create_queue(QueueConfig("q", max_message_size=1024))
+        small, large = OutgoingMessage("s" * 1024), OutgoingMessage("l" * 1025)
+        outcomes = await asyncio.gather(
+            broker.send("q", [small]), broker.send("q", [large]), return_exceptions=True
+        )
+        assert isinstance(outcomes[0], list) and isinstance(outcomes[1], MessageTooLarge)
+        assert await drain(broker, "q") == {"seen by the child", "s" * 1024}
+        await broker.delete_queue("q")
+        await broker.create_queue(QueueConfig("q"))
+        await broker.send("q", [OutgoingMessage("after")])
+        assert await drain(broker, "q") == {"after"}

@@ -51,6 +51,8 @@ log = logging.getLogger("sluice.broker")
 Done = Callable[[list[str] | SluiceError], None]
 # A message as a frame carries it: its body alone, or all its fields.
 Message = str | tuple[str, Any, float | None, str | None, str | None]
+# One iteration's sends by queue: each send's messages, beside each send's callback.
+Gathered = dict[str, tuple[list[list[Message]], list[Done]]]
 START_TIMEOUT = 30.0  # seconds for the child to open the database
 STOP_TIMEOUT = 30.0  # seconds for the child to commit what it has and exit
 # Frames written and not answered yet: one being committed, one waiting for the child to read it.
@@ -103,7 +105,7 @@ class SendProcess:
         self._closed = False
         # This iteration's sends by queue, each beside its callback; then each written frame's
         # callbacks, in the frame's order.
-        self._gathering: dict[str, tuple[list[list[Message]], list[Done]]] = {}
+        self._gathering: Gathered = {}
         self._flush_soon = False
         self._in_flight: collections.deque[list[Done]] = collections.deque()
 
@@ -190,8 +192,7 @@ class SendProcess:
             return
         gathered, self._gathering = self._gathering, {}
         if self._stdin is None or self._stdin.is_closing():
-            error = Unavailable("the SQLite send process is not running")
-            _answer([done for _, callbacks in gathered.values() for done in callbacks], error)
+            _answer(_callbacks(gathered), Unavailable("the SQLite send process is not running"))
             return
         payload, callbacks = _encode(self.clock_ms(), gathered)
         if callbacks:
@@ -224,10 +225,7 @@ class SendProcess:
         while self._in_flight:
             _answer(self._in_flight.popleft(), error)
         gathered, self._gathering = self._gathering, {}  # never handed over: not stored
-        _answer(
-            [done for _, callbacks in gathered.values() for done in callbacks],
-            Unavailable("the SQLite send process ended"),
-        )
+        _answer(_callbacks(gathered), Unavailable("the SQLite send process ended"))
 
 
 def _carried(m: OutgoingMessage) -> Message:
@@ -243,18 +241,20 @@ def _settle_outcome(future: asyncio.Future[list[str]], outcome: list[str] | Slui
         settle(future, None, outcome)
 
 
-def _encode(
-    now: int, gathered: Mapping[str, tuple[list[list[Message]], list[Done]]]
-) -> tuple[bytes, list[Done]]:
+def _callbacks(gathered: Gathered) -> list[Done]:
+    """The gathered sends' callbacks, in the order a frame carries the sends."""
+    return [done for _, callbacks in gathered.values() for done in callbacks]
+
+
+def _encode(now: int, gathered: Gathered) -> tuple[bytes, list[Done]]:
     """A frame's JSON and its callbacks in the frame's order. A send that cannot be encoded (an
     attribute that JSON cannot represent) is refused alone: its callback is told at once."""
     try:
-        return orjson.dumps([now, [[q, sends] for q, (sends, _) in gathered.items()]]), [
-            done for _, callbacks in gathered.values() for done in callbacks
-        ]
+        payload = orjson.dumps([now, [[q, sends] for q, (sends, _) in gathered.items()]])
+        return payload, _callbacks(gathered)
     except TypeError:
         pass  # which send it was is found send by send
-    encodable: dict[str, tuple[list[list[Message]], list[Done]]] = {}
+    encodable: Gathered = {}
     for queue, (sends, callbacks) in gathered.items():
         for send, done in zip(sends, callbacks, strict=True):
             try:
@@ -367,21 +367,25 @@ class _Frame:
             if not ok:  # the whole operation failed: each of its sends with it
                 answers += [_refusal(value)] * len(plain)
                 continue
-            items = iter(zip(op.items, value, strict=True))
-            if any(plain):
-                plain_sends, (_, refusals) = next(items)
-                counts, ids = iter(plain_sends.counts), plain_sends.ids
-                refused = iter(refusals)
-            at = 0
-            for is_plain in plain:
-                if is_plain:
-                    count, refusal = next(counts), next(refused)
-                    answers.append(ids[at : at + count] if refusal is None else _refusal(refusal))
-                    at += count
-                else:
-                    send, (stored, error) = next(items)
-                    answers.append(send.ids if stored else _refusal(error))
+            items = list(zip(op.items, value, strict=True))
+            # The plain sends' item comes first (if any), then one item per other send.
+            plain_answers = iter(_plain_answers(*items.pop(0)) if any(plain) else ())
+            other_answers = iter(
+                send.ids if stored else _refusal(error) for send, (stored, error) in items
+            )
+            answers += [next(plain_answers if p else other_answers) for p in plain]
         return _frame(orjson.dumps(answers))
+
+
+def _plain_answers(sends: Any, outcome: Outcome) -> list[Any]:
+    """Each of a `sqlite._PlainSends`' sends' answer: its slice of the ids, or its refusal."""
+    _, refusals = outcome
+    answers: list[Any] = []
+    at = 0
+    for count, refusal in zip(sends.counts, refusals, strict=True):
+        answers.append(sends.ids[at : at + count] if refusal is None else _refusal(refusal))
+        at += count
+    return answers
 
 
 def _refusal(error: BaseException) -> dict[str, str]:

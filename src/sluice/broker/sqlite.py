@@ -206,8 +206,7 @@ def _prepare_plain(
     limit, now = config.max_message_size, sends.now
     visible = now + default_delay
     if all(sends.counts) and _plain_fits(sends.bodies, limit):
-        for body, message_id in zip(sends.bodies, sends.ids, strict=True):
-            values += (visible, now, message_id, md5_of_body(body), body, None)
+        _plain_rows(values, sends.bodies, sends.ids, visible, now)
         return [None] * len(sends.counts)
     refusals: list[Exception | None] = []
     at = 0
@@ -219,10 +218,16 @@ def _prepare_plain(
         except Exception as error:
             refusals.append(error)
             continue
-        for body, message_id in zip(bodies, ids, strict=True):
-            values += (visible, now, message_id, md5_of_body(body), body, None)
+        _plain_rows(values, bodies, ids, visible, now)
         refusals.append(None)
     return refusals
+
+
+def _plain_rows(
+    values: list[Any], bodies: list[str], ids: list[str], visible: int, now: int
+) -> None:
+    for body, message_id in zip(bodies, ids, strict=True):
+        values += (visible, now, message_id, md5_of_body(body), body, None)
 
 
 def _plain_fits(bodies: list[Any], limit: int) -> bool:

@@ -305,3 +305,55 @@ async def _changed_queue(tmp_path: Path) -> None:
         await broker.create_queue(QueueConfig("q"))
         await broker.send("q", [OutgoingMessage("after")])
         assert await drain(broker, "q") == {"after"}
+
+
+# A send process that opens nothing and answers every frame with bytes that are not an answer.
+_GARBLING_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    sys.path[:0] = {path!r}
+    from sluice.broker.send_process import _frame
+    os.write(1, _frame(b""))  # "the database is open"
+    while os.read(0, 65536):
+        os.write(1, _frame(b"not json"))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["garbled", "miscounted"])
+def test_an_answer_that_is_not_one_fails_the_sends_and_replaces_the_child(
+    tmp_path: Path, kind: str
+) -> None:
+    asyncio.run(_malformed_answer(tmp_path, kind))
+
+
+async def _malformed_answer(tmp_path: Path, kind: str) -> None:
+    """A frame from the child that is not JSON, or answers a different number of sends: whether
+    those sends were stored is unknown, so each fails with `Unavailable` (none hangs), the child
+    is killed, and the next send starts a new one."""
+    script = tmp_path / "child.py"
+    text = _GARBLING_CHILD.format(path=sys.path)
+    if kind == "miscounted":
+        text = text.replace('_frame(b"not json")', '_frame(b"[]")')
+    script.write_text(text)
+    broker = SQLiteBroker(tmp_path / "b.db", send_process=True)
+    process = broker._send_process
+    assert process is not None
+    process.child_command = (sys.executable, str(script))
+    async with broker:
+        await broker.create_queue(QueueConfig("q"))
+        first = child_pid(broker)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(broker.send("q", [OutgoingMessage(f"m{i}")]) for i in range(5)),
+                return_exceptions=True,
+            ),
+            10,
+        )
+        assert all(isinstance(o, Unavailable) and "unknown" in o.message for o in outcomes)
+        process.child_command = SendProcess.child_command  # the real one from now on
+        while process.running:  # the killed child's end is read: the next send starts another
+            await asyncio.sleep(0.01)
+        [_] = await asyncio.wait_for(broker.send("q", [OutgoingMessage("after")]), 10)
+        assert child_pid(broker) != first
+        assert await drain(broker, "q") == {"after"}

@@ -206,9 +206,25 @@ class SendProcess:
             self._ready.set_result(None)
             return
         callbacks = self._in_flight.popleft()
+        try:
+            outcomes = [_read(answer) for answer in orjson.loads(payload)]
+            if len(outcomes) != len(callbacks):
+                raise ValueError(f"{len(outcomes)} answers for {len(callbacks)} sends")
+        except (ValueError, TypeError, KeyError) as error:  # not an answer: trust it no more
+            log.error("the SQLite send process answered with a malformed frame (%s); killed", error)
+            _answer(
+                callbacks,
+                Unavailable(
+                    "the SQLite send process answered with a malformed frame; whether the "
+                    "message was stored is unknown"
+                ),
+            )
+            if self._pipes is not None:
+                self._pipes.kill()  # its end answers what else it had (`_gone`)
+            return
         self._flush()  # what gathered while the child worked: it reads it as soon as it can
-        for done, outcome in zip(callbacks, orjson.loads(payload), strict=True):
-            _call(done, _read(outcome))
+        for done, outcome in zip(callbacks, outcomes, strict=True):
+            _call(done, outcome)
 
     def _gone(self) -> None:
         """The child's output ended (it exited, or is exiting): what it did not answer has an

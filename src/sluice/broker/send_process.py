@@ -58,8 +58,8 @@ STOP_TIMEOUT = 30.0  # seconds for the child to commit what it has and exit
 # Frames written and not answered yet: one being committed, one waiting for the child to read it.
 MAX_FRAMES_IN_FLIGHT = 2
 _LENGTH = 4
-# Bytes the child asks for per read: a larger frame takes several reads. (A 1 MiB read costs an
-# mmap and page faults for every read, about 17 us here even when 3 KB are waiting.)
+# Bytes the child asks for per read: a larger frame takes several reads. (Asking for 1 MiB cost
+# an mmap and page faults on every read in a young process: benchmarks/send_process_cost.py.)
 READ_SIZE = 1 << 16
 
 

@@ -17,6 +17,8 @@ from sluice.broker.contract import (
     Message,
     OutgoingMessage,
     QueueConfig,
+    SendOutcome,
+    SendsSoon,
 )
 from sluice.broker.validation import md5_of_body
 from sluice.errors import (
@@ -156,6 +158,48 @@ def test_failing_send_does_not_fail_concurrent_sends(broker: Broker, run: Run[An
         assert isinstance(outcomes[1], MessageTooLarge)
         assert isinstance(outcomes[2], QueueDoesNotExist)
         assert sorted(m.body for m in await _drain(broker, "jobs")) == ["a1", "a2", "b1"]
+
+    run(scenario())
+
+
+def test_send_soon_answers_each_send_alone(broker: Broker, run: Run[Any]) -> None:
+    """Sends handed over in one event-loop iteration (as a gateway's queue routes do): each gets
+    its own outcome, in any order of arrival; a refused one stores nothing and costs the others
+    nothing; the ids and MD5s each is told are those stored."""
+    assert isinstance(broker, SendsSoon)
+    run(broker.create_queue(QueueConfig("jobs", max_message_size=1024)))
+    run(broker.create_queue(QueueConfig("jobs.fifo", content_based_deduplication=True)))
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        answers: list[asyncio.Future[SendOutcome]] = []
+
+        def soon(queue: str, messages: list[OutgoingMessage]) -> None:
+            answer: asyncio.Future[SendOutcome] = loop.create_future()
+            answers.append(answer)
+            broker.send_soon(queue, messages, answer.set_result)
+
+        soon("jobs", _msgs("a1", "a2", attributes=ATTRS))
+        soon("jobs", _msgs("ok", "x" * 2000))  # too large: this send alone is refused
+        soon("missing", _msgs("lost"))
+        soon("jobs", _msgs(*(f"b{i}" for i in range(30))))
+        soon("jobs.fifo", _msgs("f1", group_id="g"))
+        soon("jobs", _msgs("c1"))
+        outcomes = await asyncio.wait_for(asyncio.gather(*answers), 10)
+        assert isinstance(outcomes[1], MessageTooLarge)
+        assert isinstance(outcomes[2], QueueDoesNotExist)
+        sent = {}
+        for index, bodies in [(0, ["a1", "a2"]), (3, [f"b{i}" for i in range(30)]), (5, ["c1"])]:
+            results = outcomes[index]
+            assert isinstance(results, list)
+            assert [r.md5_of_body for r in results] == [md5_of_body(b) for b in bodies]
+            sent.update({r.message_id: b for r, b in zip(results, bodies, strict=True)})
+        stored = await _drain(broker, "jobs")
+        assert {m.message_id: m.body for m in stored} == sent
+        assert all(m.attributes == ATTRS for m in stored if m.body in ("a1", "a2"))
+        (fifo,) = outcomes[4]  # type: ignore[misc]
+        assert fifo.sequence_number is not None
+        assert [m.message_id for m in await _drain(broker, "jobs.fifo")] == [fifo.message_id]
 
     run(scenario())
 

@@ -21,11 +21,14 @@ Semantics, as in Amazon SQS:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
-from sluice.errors import SluiceError
+from sluice.errors import SluiceError, Unavailable
+from sluice.futures import outcome
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 MAX_VISIBILITY_TIMEOUT = 12 * 3600.0
@@ -248,3 +251,31 @@ class SendsSoon(Protocol):
     ) -> None:
         """`Broker.send`, its outcome passed to ``done`` on the event loop, once it is durable
         (or refused), instead of returned. ``done`` may be called before this returns."""
+
+
+def send_as_task(
+    tasks: set[asyncio.Task[Any]],
+    send: Coroutine[Any, Any, list[SendResult]],
+    done: Callable[[SendOutcome], None],
+) -> None:
+    """`SendsSoon.send_soon` the plain way: ``send`` (a `Broker.send` call) runs as a task, kept
+    in ``tasks`` until it is done, and its outcome goes to ``done`` (a failure that is not a
+    `SluiceError` as `Unavailable`: whether it was stored is then unknown)."""
+    task = asyncio.get_running_loop().create_task(send)
+    tasks.add(task)
+    task.add_done_callback(partial(_sent, tasks, done))
+
+
+def _sent(
+    tasks: set[asyncio.Task[Any]],
+    done: Callable[[SendOutcome], None],
+    task: asyncio.Task[list[SendResult]],
+) -> None:
+    tasks.discard(task)
+    error, results = outcome(task, "the send was cancelled; whether it was stored is unknown")
+    if error is None:
+        done(results)
+    elif isinstance(error, SluiceError):
+        done(error)
+    else:
+        done(Unavailable(f"the send failed: {error!r}"))

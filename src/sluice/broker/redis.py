@@ -88,7 +88,9 @@ from sluice.broker.contract import (
     OutgoingMessage,
     QueueConfig,
     QueueStats,
+    SendOutcome,
     SendResult,
+    send_as_task,
 )
 from sluice.broker.redis_client import RedisClient, call, connect, describe, initialize
 from sluice.broker.redis_scripts import SCRIPTS
@@ -102,6 +104,7 @@ from sluice.errors import (
     QueueDoesNotExist,
     ReceiptHandleIsInvalid,
     SluiceError,
+    Unavailable,
     ValidationError,
 )
 
@@ -110,6 +113,9 @@ log = logging.getLogger(__name__)
 # <gen>.<entry id>.<receive count>; at most 19 digits per number keeps ids inside Redis's range.
 _RECEIPT = re.compile(r"([0-9a-f]{1,32})\.([0-9]{1,19}-[0-9]{1,19})\.([0-9]{1,9})")
 _TRANSFER_CHUNK = 500
+# A script call storing gathered sends carries at most this many messages, or bytes of bodies
+# (a single larger send is one call of its own).
+_GATHER_MESSAGES, _GATHER_BYTES = 1000, 4 << 20
 _POLL_FIRST, _POLL_MAX = 0.02, 0.2
 
 
@@ -142,6 +148,10 @@ class RedisBroker:
         self._configs: dict[str, tuple[QueueConfig, str]] = {}
         # DLQ name -> (whether it existed, monotonic time of the check)
         self._dlq_checked: dict[str, tuple[bool, float]] = {}
+        # `send_soon`: this event-loop iteration's sends by queue (with the configuration they
+        # were checked against), and the tasks storing earlier ones.
+        self._gathering: dict[str, _Gathered] = {}
+        self._sending: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -159,6 +169,9 @@ class RedisBroker:
         self._client = client
 
     async def close(self) -> None:
+        self._store_gathered()
+        while self._sending:  # sends already taken are stored (or fail) before the client goes
+            await asyncio.gather(*self._sending, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -209,6 +222,65 @@ class RedisBroker:
             except _StaleConfig:
                 self._configs.pop(queue, None)
         raise SluiceError(f"queue {queue!r}: its configuration kept changing during the send")
+
+    def send_soon(
+        self, queue: str, messages: Sequence[OutgoingMessage], done: Callable[[SendOutcome], None]
+    ) -> None:
+        """`send`, its outcome passed to ``done`` (see `contract.SendsSoon`). The sends to a
+        standard queue made in one event-loop iteration are stored by one script call: one round
+        trip, and one append (one fsync with ``appendfsync always``) for all of them. Each send
+        is checked alone first, so an invalid one is refused without the others; the gathered
+        sends then share their fate, each whole: all stored, or (`Unavailable`) none or all of
+        them, unknown which. A send to a FIFO queue, or to a queue whose configuration this
+        process has not read yet, runs `send` as a task."""
+        cached = self._configs.get(queue)
+        if cached is None or cached[0].fifo or self._client is None:
+            send_as_task(self._sending, self.send(queue, messages), done)
+            return
+        try:
+            validate_messages(cached[0], messages)
+        except SluiceError as error:
+            done(error)
+            return
+        gathered = self._gathering.get(queue)
+        if gathered is None:
+            if not self._gathering:
+                asyncio.get_running_loop().call_soon(self._store_gathered)
+            gathered = self._gathering[queue] = _Gathered(cached)
+        gathered.sends.append((messages, done))
+
+    def _store_gathered(self) -> None:
+        gathering, self._gathering = self._gathering, {}
+        loop = asyncio.get_running_loop() if gathering else None
+        for queue, gathered in gathering.items():
+            for chunk in gathered.chunks():
+                assert loop is not None
+                task = loop.create_task(self._store_chunk(queue, gathered.config, chunk))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+    async def _store_chunk(
+        self, queue: str, config: tuple[QueueConfig, str], sends: list[_Send]
+    ) -> None:
+        messages = [m for batch, _ in sends for m in batch]
+        try:
+            results = await self._send_once(queue, *config, messages)
+        except _StaleConfig:
+            # Changed since they were checked: each send again on its own, checked anew.
+            self._configs.pop(queue, None)
+            for batch, done in sends:
+                send_as_task(self._sending, self.send(queue, batch), done)
+            return
+        except SluiceError as error:
+            _tell(sends, error)
+            return
+        except Exception as error:  # each caller is told: none may wait forever
+            _tell(sends, Unavailable(f"the send failed: {error!r}"))
+            return
+        at = 0
+        for batch, done in sends:
+            _call(done, results[at : at + len(batch)])
+            at += len(batch)
 
     async def _send_once(
         self, queue: str, config: QueueConfig, ver: str, messages: Sequence[OutgoingMessage]
@@ -431,6 +503,44 @@ class RedisBroker:
                     )
                     break
                 await self._script("outbox_done", queue, [entry_id for entry_id, _ in chunk])
+
+
+_Send = tuple[Sequence[OutgoingMessage], Callable[[SendOutcome], None]]
+
+
+class _Gathered:
+    """One iteration's `send_soon` calls to one queue, checked against ``config``."""
+
+    __slots__ = ("config", "sends")
+
+    def __init__(self, config: tuple[QueueConfig, str]) -> None:
+        self.config = config
+        self.sends: list[_Send] = []
+
+    def chunks(self) -> list[list[_Send]]:
+        """The sends in order, cut into script calls of bounded size (a send is never cut)."""
+        chunks: list[list[_Send]] = []
+        count = size = 0
+        for send in self.sends:
+            n, b = len(send[0]), sum(len(m.body) for m in send[0])
+            if not chunks or count + n > _GATHER_MESSAGES or size + b > _GATHER_BYTES:
+                chunks.append([])
+                count = size = 0
+            chunks[-1].append(send)
+            count, size = count + n, size + b
+        return chunks
+
+
+def _call(done: Callable[[SendOutcome], None], outcome: SendOutcome) -> None:
+    try:
+        done(outcome)
+    except Exception:  # one caller's failure must not keep the others from their answers
+        log.exception("a send's callback failed")
+
+
+def _tell(sends: list[_Send], error: SluiceError) -> None:
+    for _, done in sends:
+        _call(done, error)
 
 
 def _new_message_ids(n: int) -> list[str]:

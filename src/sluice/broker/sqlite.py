@@ -42,6 +42,7 @@ from sluice.broker.contract import (
     QueueStats,
     SendOutcome,
     SendResult,
+    send_as_task,
 )
 from sluice.broker.groupcommit import Checkpointer, GroupCommitWriter, Reader
 from sluice.broker.send_process import SendProcess
@@ -58,7 +59,6 @@ from sluice.errors import (
     Unavailable,
     ValidationError,
 )
-from sluice.futures import outcome
 
 POLL_INTERVAL = 0.05
 SWEEP_INTERVAL_MS = 60_000
@@ -523,9 +523,7 @@ class SQLiteBroker:
         otherwise `send` runs as a task (see `contract.SendsSoon`)."""
         process = self._send_process
         if process is None or not process.running or queue.endswith(".fifo"):
-            task = asyncio.get_running_loop().create_task(self.send(queue, messages))
-            self._sending.add(task)
-            task.add_done_callback(partial(self._sent, done))
+            send_as_task(self._sending, self.send(queue, messages), done)
             return
         try:
             process.submit(queue, messages, partial(self._committed, queue, messages, done))
@@ -544,18 +542,6 @@ class SQLiteBroker:
         else:
             self._wake(queue)
             done(_send_results(outcome, messages))
-
-    def _sent(
-        self, done: Callable[[SendOutcome], None], task: asyncio.Task[list[SendResult]]
-    ) -> None:
-        self._sending.discard(task)
-        error, results = outcome(task, "the send was cancelled; whether it was stored is unknown")
-        if error is None:
-            done(results)
-        elif isinstance(error, SluiceError):
-            done(error)
-        else:
-            done(Unavailable(f"the send failed: {error!r}"))
 
     def _send_fifo(
         self,

@@ -1,6 +1,7 @@
 """Benchmarks are scripts, not a package: make ``benchmarks/`` and the repo root importable.
 
-Run with ``.venv/bin/pytest benchmarks/tests`` (not part of the main suite).
+Part of the suite (``make test``): the benchmarks' harness, reports and verdicts are tested like
+the rest; the one test that runs wrk skips without it.
 """
 
 from __future__ import annotations

@@ -123,11 +123,14 @@ def make_app(upstream: int) -> App:
     app.add_route("GET /gated", "function:gated")
 
     @app.route("POST /jobs", to="async")
+    @app.route("POST /jobs-quick", to="async", timeout=0.5)
     def job(event: dict[str, Any], context: object) -> None:
         return None
 
     app.add_route("POST /inbox", "queue:inbox", forward_headers=("x-trace", "content-type"))
     app.add_route("POST /small", "queue:small")
+    app.add_route("POST /inbox-quick", "queue:inbox", timeout=0.5)
+    app.add_route("POST /small-quick", "queue:small", timeout=0.5)
     app.add_route("POST /orders", "queue:orders.fifo")
     app.add_route("ANY /up/{proxy+}", f"proxy:http://127.0.0.1:{upstream}/base")
     app.add_route("GET /stall", f"proxy:http://127.0.0.1:{upstream}/stall", timeout=0.5)
@@ -317,6 +320,38 @@ def test_queue_route_outlives_its_send_process(gw: GatewayThread) -> None:
         return ids
 
     assert set(acked) <= gw.run(stored())
+
+
+def test_a_stalled_send_is_504_at_the_integration_timeout(gw: GatewayThread) -> None:
+    """The process committing the sends stops answering (SIGSTOP: a hung disk looks the same):
+    queue and async routes answer 504 at their integration timeout instead of holding the
+    request, on the callback path (/inbox-quick, /jobs-quick) and on the coroutine path that a
+    backlog limit takes (/small-quick). What they carried is stored once the child goes on: the
+    504 says the outcome is unknown, and here it is 'stored'."""
+    assert gw.broker is not None and gw.broker._send_process is not None
+    assert request(gw.port, "POST", "/inbox", b"warm").status == 202
+    transport = gw.broker._send_process._transport
+    assert transport is not None
+    os.kill(transport.get_pid(), signal.SIGSTOP)
+    try:
+        for path in ("/inbox-quick", "/jobs-quick", "/small-quick"):
+            started = time.monotonic()
+            r = request(gw.port, "POST", path, b"stalled %s" % path.encode())
+            assert r.status == 504 and error_of(r) == "IntegrationTimeout", (path, r.body)
+            assert "whether it will be is unknown" in r.json()["message"]
+            assert 0.5 <= time.monotonic() - started < 3.0
+    finally:
+        os.kill(transport.get_pid(), signal.SIGCONT)
+    assert request(gw.port, "POST", "/inbox-quick", b"after").status == 202
+
+    async def bodies(queue: str) -> list[str]:
+        assert gw.broker is not None
+        return [m.body for m in await gw.broker.receive(queue, 10)]
+
+    assert sorted(gw.run(bodies("inbox"))) == ["after", "stalled /inbox-quick", "warm"]
+    assert gw.run(bodies("small")) == ["stalled /small-quick"]
+    [job] = gw.run(gw.broker.receive(async_queue_name("job"), 10))
+    assert orjson.loads(job.body)["body"] == "stalled /jobs-quick"
 
 
 def test_reverse_proxy_forwards_and_streams(gw: GatewayThread, upstream: int) -> None:

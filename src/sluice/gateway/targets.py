@@ -228,43 +228,77 @@ class AsyncFunction:
         self.submit = c.submit_async
         self.queue = async_queue_name(function)
         self.send_soon = c.broker.send_soon if isinstance(c.broker, SendsSoon) else None
-        self.accepted = binding.accepted
+        self.accepting = Accepting(
+            f"the invocation of {function!r}", binding, c.config, "requestId"
+        )
 
     def __call__(
         self, request: Request, params: dict[str, str]
     ) -> asyncio.Future[Response] | Awaitable[Response]:
         event = self.events.event(request, params)
-        if self.send_soon is None:
-            return self._submit(event, request.request_id)
-        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         request_id = request.request_id
+        if self.send_soon is None:
+            return self.accepting.within(self.submit(self.function, event, request_id=request_id))
         message = event_message(event.decode(), request_id)  # JSON made just now: no check
-        done = partial(_settle_202, answer, self.accepted, "requestId", request_id)
-        self.send_soon(self.queue, [message], done)
+        return self.accepting.soon(self.send_soon, self.queue, message, request_id)
+
+
+class Accepting:
+    """The 202 of a queue or async target once the broker has stored the send, or the error that
+    refused it; `IntegrationTimeout` (504) when the broker has said neither within the route's
+    integration timeout, as API Gateway answers a service integration that does not answer. The
+    send may still be stored after that (the client cannot tell: at-least-once)."""
+
+    def __init__(self, what: str, binding: Binding, config: GatewayConfig, key: str) -> None:
+        self.what = what
+        self.timeout = binding.timeout or config.integration_timeout
+        self.template = binding.accepted
+        self.key = key  # the 202 body's field naming the message or invocation
+        self.deadlines = Deadlines()
+
+    def soon(
+        self, send_soon: Any, queue: str, message: OutgoingMessage, value: str | None
+    ) -> asyncio.Future[Response]:
+        """``send_soon(queue, [message], ...)`` answered as a future, without a coroutine. The
+        202 names ``value``, or the message id when ``value`` is None."""
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        deadline = self.deadlines.start(self.timeout, partial(self._expired, answer))
+        send_soon(queue, [message], partial(self._settle, answer, deadline, value))
         return answer
 
-    async def _submit(self, event: bytes, request_id: str) -> Response:
-        request_id = await self.submit(self.function, event, request_id=request_id)
-        return _accepted(self.accepted, "requestId", request_id)
+    async def within(self, stored: Awaitable[str]) -> Response:
+        """The 202 naming what ``stored`` returns, unless it takes longer than the timeout."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                value = await stored
+        except TimeoutError:
+            raise self._timed_out() from None
+        return self.accepted(value)
 
+    def accepted(self, value: str) -> Response:
+        body = accepted_body(self.template, **{self.key: value})
+        return Response(202, [(b"content-type", JSON)], body)
 
-def _accepted(template: Mapping[str, Any] | None, key: str, value: str) -> Response:
-    return Response(202, [(b"content-type", JSON)], accepted_body(template, **{key: value}))
+    def _settle(
+        self,
+        answer: asyncio.Future[Response],
+        deadline: Deadline,
+        value: str | None,
+        outcome: SendOutcome,
+    ) -> None:
+        self.deadlines.finish(deadline)
+        if isinstance(outcome, BaseException):
+            settle(answer, outcome)
+        else:
+            settle(answer, None, self.accepted(value or outcome[0].message_id))
 
+    def _expired(self, answer: asyncio.Future[Response]) -> None:
+        settle(answer, self._timed_out())
 
-def _settle_202(
-    answer: asyncio.Future[Response],
-    template: Mapping[str, Any] | None,
-    key: str,
-    value: str | None,
-    outcome: SendOutcome,
-) -> None:
-    """A send's outcome as the 202 (its body's ``key`` is ``value``, or the message id when
-    ``value`` is None) or as the error that refused it."""
-    if isinstance(outcome, BaseException):
-        settle(answer, outcome)
-    else:
-        settle(answer, None, _accepted(template, key, value or outcome[0].message_id))
+    def _timed_out(self) -> IntegrationTimeout:
+        return IntegrationTimeout(
+            f"{self.what} was not stored within {self.timeout:g} s; whether it will be is unknown"
+        )
 
 
 class QueueTarget:
@@ -278,7 +312,8 @@ class QueueTarget:
         self.fifo = queue.endswith(".fifo")
         self.send_soon = c.broker.send_soon if isinstance(c.broker, SendsSoon) else None
         self.forward = tuple(h.lower() for h in binding.forward_headers)
-        self.accepted = binding.accepted
+        what = f"the message for queue {queue!r}"
+        self.accepting = Accepting(what, binding, c.config, "messageId")
         self.guard = (
             BacklogGuard(
                 c.broker,
@@ -296,20 +331,17 @@ class QueueTarget:
     ) -> asyncio.Future[Response] | Awaitable[Response]:
         message = self._message(request)
         if self.send_soon is None or self.guard is not None:
-            return self._send(message)
+            return self.accepting.within(self._send(message))
         # No task and no coroutine per request: the broker's answer writes the 202.
-        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        done = partial(_settle_202, answer, self.accepted, "messageId", None)
-        self.send_soon(self.queue, [message], done)
-        return answer
+        return self.accepting.soon(self.send_soon, self.queue, message, None)
 
-    async def _send(self, message: OutgoingMessage) -> Response:
+    async def _send(self, message: OutgoingMessage) -> str:
         if self.guard is not None:
             await self.guard.check()
         result = (await self.broker.send(self.queue, [message]))[0]
         if self.guard is not None:
             self.guard.sent()
-        return _accepted(self.accepted, "messageId", result.message_id)
+        return result.message_id
 
     def _message(self, request: Request) -> OutgoingMessage:
         attributes: dict[str, dict[str, str]] = {}

@@ -320,7 +320,7 @@ _GARBLING_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kind", ["garbled", "miscounted"])
+@pytest.mark.parametrize("kind", ["garbled", "miscounted", "huge"])
 def test_an_answer_that_is_not_one_fails_the_sends_and_replaces_the_child(
     tmp_path: Path, kind: str
 ) -> None:
@@ -328,13 +328,16 @@ def test_an_answer_that_is_not_one_fails_the_sends_and_replaces_the_child(
 
 
 async def _malformed_answer(tmp_path: Path, kind: str) -> None:
-    """A frame from the child that is not JSON, or answers a different number of sends: whether
-    those sends were stored is unknown, so each fails with `Unavailable` (none hangs), the child
-    is killed, and the next send starts a new one."""
+    """A frame from the child that is not JSON, answers a different number of sends, or claims
+    a length no answer can have (1 GiB, its bytes never coming): whether those sends were stored
+    is unknown, so each fails with `Unavailable` (none hangs), the child is killed, and the next
+    send starts a new one."""
     script = tmp_path / "child.py"
     text = _GARBLING_CHILD.format(path=sys.path)
     if kind == "miscounted":
         text = text.replace('_frame(b"not json")', '_frame(b"[]")')
+    elif kind == "huge":
+        text = text.replace('_frame(b"not json")', '(1 << 30).to_bytes(4, "little") + b"[["')
     script.write_text(text)
     broker = SQLiteBroker(tmp_path / "b.db", send_process=True)
     process = broker._send_process

@@ -61,6 +61,9 @@ _LENGTH = 4
 # Bytes the child asks for per read: a larger frame takes several reads. (Asking for 1 MiB cost
 # an mmap and page faults on every read in a young process: benchmarks/send_process_cost.py.)
 READ_SIZE = 1 << 16
+# The most an answer can take: per message its id, per send an error in place of its ids. A
+# length prefix claiming more is not an answer (the parent would otherwise wait for its bytes).
+_ANSWER_PER_MESSAGE, _ANSWER_PER_SEND = 48, 4096
 
 
 def _frame(payload: bytes) -> bytes:
@@ -104,10 +107,10 @@ class SendProcess:
         self._starting: asyncio.Lock | None = None
         self._closed = False
         # This iteration's sends by queue, each beside its callback; then each written frame's
-        # callbacks, in the frame's order.
+        # callbacks, in the frame's order, with the most bytes its answer can take.
         self._gathering: Gathered = {}
         self._flush_soon = False
-        self._in_flight: collections.deque[list[Done]] = collections.deque()
+        self._in_flight: collections.deque[tuple[list[Done], int]] = collections.deque()
 
     async def start(self) -> None:
         """Start the child and wait until it has opened the database."""
@@ -194,10 +197,12 @@ class SendProcess:
         if self._stdin is None or self._stdin.is_closing():
             _answer(_callbacks(gathered), Unavailable("the SQLite send process is not running"))
             return
+        messages = sum(len(m) for sends, _ in gathered.values() for m in sends)
         payload, callbacks = _encode(self.clock_ms(), gathered)
         if callbacks:
             self._stdin.write(_frame(payload))
-            self._in_flight.append(callbacks)
+            bound = _ANSWER_PER_MESSAGE * messages + _ANSWER_PER_SEND * len(callbacks)
+            self._in_flight.append((callbacks, bound))
 
     # -- from the child's pipes ------------------------------------------------------------
 
@@ -205,26 +210,43 @@ class SendProcess:
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
             return
-        callbacks = self._in_flight.popleft()
+        if not self._in_flight:
+            self._corrupt([], "an answer with no frame to answer")
+            return
+        callbacks, _ = self._in_flight.popleft()
         try:
             outcomes = [_read(answer) for answer in orjson.loads(payload)]
             if len(outcomes) != len(callbacks):
                 raise ValueError(f"{len(outcomes)} answers for {len(callbacks)} sends")
-        except (ValueError, TypeError, KeyError) as error:  # not an answer: trust it no more
-            log.error("the SQLite send process answered with a malformed frame (%s); killed", error)
-            _answer(
-                callbacks,
-                Unavailable(
-                    "the SQLite send process answered with a malformed frame; whether the "
-                    "message was stored is unknown"
-                ),
-            )
-            if self._pipes is not None:
-                self._pipes.kill()  # its end answers what else it had (`_gone`)
+        except (ValueError, TypeError, KeyError) as error:
+            self._corrupt(callbacks, str(error))
             return
         self._flush()  # what gathered while the child worked: it reads it as soon as it can
         for done, outcome in zip(callbacks, outcomes, strict=True):
             _call(done, outcome)
+
+    def _check_next(self, claimed: int) -> None:
+        """The child's next answer claims ``claimed`` bytes: more than it can take (or an answer
+        to nothing) is not an answer."""
+        if not self._in_flight:
+            self._corrupt([], "an answer with no frame to answer")
+        elif claimed > self._in_flight[0][1]:
+            callbacks, bound = self._in_flight.popleft()
+            self._corrupt(callbacks, f"an answer of {claimed} bytes, at most {bound} expected")
+
+    def _corrupt(self, callbacks: list[Done], reason: str) -> None:
+        """The child wrote something that is not an answer: trust it no more. The sends it was
+        answering (``callbacks``) fail now; killing it fails the rest (`_gone`)."""
+        log.error("the SQLite send process answered with a malformed frame (%s); killed", reason)
+        _answer(
+            callbacks,
+            Unavailable(
+                "the SQLite send process answered with a malformed frame; whether the message "
+                "was stored is unknown"
+            ),
+        )
+        if self._pipes is not None:
+            self._pipes.kill()  # its end answers what else it had (`_gone`)
 
     def _gone(self) -> None:
         """The child's output ended (it exited, or is exiting): what it did not answer has an
@@ -239,7 +261,7 @@ class SendProcess:
             "unknown"
         )
         while self._in_flight:
-            _answer(self._in_flight.popleft(), error)
+            _answer(self._in_flight.popleft()[0], error)
         gathered, self._gathering = self._gathering, {}  # never handed over: not stored
         _answer(_callbacks(gathered), Unavailable("the SQLite send process ended"))
 
@@ -308,19 +330,28 @@ class _ChildPipes(asyncio.SubprocessProtocol):
         self.buffer = bytearray()
         self.transport: asyncio.SubprocessTransport | None = None
         self.exited: asyncio.Future[None] = loop.create_future()  # reaped, pipes closed
+        self.killed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.SubprocessTransport, transport)
 
     def kill(self) -> None:
+        self.killed = True
         if self.transport is not None and not self.exited.done():
             with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
                 self.transport.kill()
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        self.buffer += data if isinstance(data, bytes) else data.encode()
-        for payload in _frames(self.buffer):
+        if self.killed:
+            return  # nothing from a child we killed is trusted any more
+        buffer = self.buffer
+        buffer += data if isinstance(data, bytes) else data.encode()
+        for payload in _frames(buffer):
+            if self.killed:  # by an earlier answer in this read that was not one
+                return
             self.owner._received(payload)
+        if len(buffer) >= _LENGTH and not self.killed:  # a frame not all here yet
+            self.owner._check_next(int.from_bytes(buffer[:_LENGTH], "little"))
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         # Its output ends when the child does, after every answer it wrote (`process_exited`

@@ -251,11 +251,10 @@ class RedisBroker:
 
     def _store_gathered(self) -> None:
         gathering, self._gathering = self._gathering, {}
-        loop = asyncio.get_running_loop() if gathering else None
         for queue, gathered in gathering.items():
             for chunk in gathered.chunks():
-                assert loop is not None
-                task = loop.create_task(self._store_chunk(queue, gathered.config, chunk))
+                store = self._store_chunk(queue, gathered.config, chunk)
+                task = asyncio.get_running_loop().create_task(store)
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sluice.errors import Unavailable
@@ -26,3 +27,10 @@ def outcome(future: asyncio.Future[Any], cancelled: str) -> tuple[BaseException 
         return Unavailable(cancelled), None
     error = future.exception()
     return error, None if error is not None else future.result()
+
+
+def pass_outcome(done: Callable[[Any], None], cancelled: str, future: asyncio.Future[Any]) -> None:
+    """Call ``done`` with a done future's result, or with its exception (`outcome`'s), e.g. as
+    the future's done callback through ``partial(pass_outcome, done, cancelled)``."""
+    error, result = outcome(future, cancelled)
+    done(result if error is None else error)

@@ -1,10 +1,12 @@
-"""`Runtime.invoke_soon`: the gateway's sync routes start invocations without a coroutine. On a
-warm environment the answer settles the future; otherwise `invoke` runs as a task. What happens
-to the environment when the caller abandons the future, or when the environment dies."""
+"""`Runtime.invoke_then` / `invoke_soon`: the gateway's sync routes start invocations without a
+coroutine. On a warm environment its answer calls ``done`` (or settles the future); otherwise
+`invoke` runs as a task. What happens to the environment when the caller abandons the result,
+or when the environment dies."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 
@@ -16,11 +18,15 @@ def test_warm_invocations_settle_without_a_task_and_reuse_the_environment(run) -
     async def body() -> None:
         async with running("faulty.py") as runtime:
             cold = runtime.invoke_soon("moody", b"{}")
-            assert isinstance(cold, asyncio.Task)  # no warm environment: `invoke` as a task
+            assert len(runtime._settling) == 1  # no warm environment: `invoke` as a task
             first = await cold
-            soon = runtime.invoke_soon("moody", b"{}", request_id="r-warm")
-            assert not isinstance(soon, asyncio.Task)  # a warm one: settled by its answer
-            warm = await soon
+            told: list[Any] = []
+            runtime.invoke_then("moody", b"{}", told.append, request_id="r-warm")
+            assert not runtime._settling  # a warm one: no task; its answer will tell
+            assert not told  # never before invoke_then returns
+            while not told:
+                await asyncio.sleep(0.005)
+            [warm] = told
         assert first.cold and not warm.cold
         assert warm.request_id == "r-warm" and warm.payload == first.payload  # same process
 

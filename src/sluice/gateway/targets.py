@@ -30,7 +30,7 @@ from sluice.events.http import (
     apigw_v2_event,
     apigw_v2_response,
 )
-from sluice.futures import outcome, settle
+from sluice.futures import pass_outcome, settle
 from sluice.gateway.actions import Fixed, RedirectTarget
 from sluice.gateway.backlog import BacklogGuard
 from sluice.gateway.config import GatewayConfig
@@ -147,29 +147,31 @@ class EventBuilder:
 
 class SyncFunction:
     """Lambda proxy integration: invoke and wait, within the integration timeout. With an invoker
-    that `InvokesSoon` (the runtime) no coroutine runs per request: the invocation's future
-    settles the response's."""
+    that `InvokesSoon` (the runtime) no coroutine and no future of the invocation's runs per
+    request: its result settles the response's future."""
 
     def __init__(self, function: str, binding: Binding, c: Collaborators) -> None:
         self.function = function
         self.events = EventBuilder(binding, c.app)
         self.invoker = c.invoker
-        self.invoke_soon = c.invoker.invoke_soon if isinstance(c.invoker, InvokesSoon) else None
+        self.invoke_then = c.invoker.invoke_then if isinstance(c.invoker, InvokesSoon) else None
         self.timeout = binding.timeout or c.config.integration_timeout
         self.retry_after = c.config.retry_after
         self.deadlines = Deadlines()
 
     def __call__(self, request: Request, params: dict[str, str]) -> asyncio.Future[Response]:
         payload = self.events.event(request, params)
-        if self.invoke_soon is not None:
-            invocation = self.invoke_soon(self.function, payload, request_id=request.request_id)
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        deadline = self.deadlines.start(self.timeout, partial(self._timed_out, answer))
+        invoked = partial(self._invoked, answer, deadline)
+        if self.invoke_then is not None:
+            self.invoke_then(self.function, payload, invoked, request_id=request.request_id)
         else:
             invocation = asyncio.ensure_future(
                 self.invoker.invoke(self.function, payload, request_id=request.request_id)
             )
-        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        deadline = self.deadlines.start(self.timeout, partial(self._timed_out, answer))
-        invocation.add_done_callback(partial(self._invoked, answer, deadline))
+            cancelled = "the invocation was cancelled"
+            invocation.add_done_callback(partial(pass_outcome, invoked, cancelled))
         return answer
 
     def _timed_out(self, answer: asyncio.Future[Response]) -> None:
@@ -186,16 +188,15 @@ class SyncFunction:
         self,
         answer: asyncio.Future[Response],
         deadline: Deadline,
-        invocation: asyncio.Future[InvocationResult],
+        result: InvocationResult | BaseException,
     ) -> None:
         self.deadlines.finish(deadline)
         if answer.done():
             return
-        error, result = outcome(invocation, f"the invocation of {self.function!r} was cancelled")
-        if error is not None:
-            if isinstance(error, Throttled):
-                error.retry_after = error.retry_after or self.retry_after
-            answer.set_exception(error)
+        if isinstance(result, BaseException):
+            if isinstance(result, Throttled):
+                result.retry_after = result.retry_after or self.retry_after
+            answer.set_exception(result)
             return
         if not result.ok:
             details = result.error() or {}

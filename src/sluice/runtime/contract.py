@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -141,9 +140,15 @@ class InvokesSoon(Protocol):
     """An invoker that can start an invocation without a coroutine per call (the gateway's sync
     routes use it when the invoker offers it)."""
 
-    def invoke_soon(
-        self, function: str, payload: bytes, *, request_id: str | None = None
-    ) -> asyncio.Future[InvocationResult]:
-        """`Invoker.invoke` as a future, raising (through the future) what it raises.
-        Cancelling the future abandons the result; the invocation itself runs to its end."""
+    def invoke_then(
+        self,
+        function: str,
+        payload: bytes,
+        done: Callable[[InvocationResult | BaseException], None],
+        *,
+        request_id: str | None = None,
+    ) -> None:
+        """`Invoker.invoke`, its result or the exception it raises passed to ``done`` on the
+        event loop, never before this returns. Whoever stops waiting for ``done`` abandons the
+        result; the invocation itself runs to its end."""
         ...

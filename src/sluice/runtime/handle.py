@@ -9,7 +9,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 
+from sluice.futures import settle
 from sluice.runtime import channel
 from sluice.runtime.environment import EnvironmentConfig
 
@@ -23,10 +25,14 @@ class EnvironmentLost(Exception):
     """The environment's answer pipe closed: its process ended (or was killed) mid-invocation."""
 
 
+# Told an invocation's answer, or `EnvironmentLost` when the environment ended first.
+OnAnswer = Callable[["channel.Answer | EnvironmentLost"], None]
+
+
 class _Answers(asyncio.Protocol):
     """The answer pipe's protocol: hands each answer to the invocation waiting for it."""
 
-    __slots__ = ("_on_closed", "_on_corrupt", "_parser", "closed", "waiter")
+    __slots__ = ("_on_closed", "_on_corrupt", "_parser", "closed", "on_answer")
 
     def __init__(
         self, on_closed: Callable[[], None], on_corrupt: Callable[[channel.ChannelError], None]
@@ -34,7 +40,7 @@ class _Answers(asyncio.Protocol):
         self._parser = channel.AnswerParser()
         self._on_closed = on_closed
         self._on_corrupt = on_corrupt
-        self.waiter: asyncio.Future[channel.Answer] | None = None
+        self.on_answer: OnAnswer | None = None
         self.closed = False
 
     def data_received(self, data: bytes) -> None:
@@ -44,16 +50,17 @@ class _Answers(asyncio.Protocol):
             self._on_corrupt(error)
             return
         for answer in answers:
-            waiter = self.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(answer)
+            self._tell(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._on_closed()
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(EnvironmentLost())
+        self._tell(EnvironmentLost())
+
+    def _tell(self, outcome: channel.Answer | EnvironmentLost) -> None:
+        on_answer, self.on_answer = self.on_answer, None
+        if on_answer is not None:
+            on_answer(outcome)
 
 
 class EnvironmentHandle:
@@ -110,15 +117,20 @@ class EnvironmentHandle:
 
     def send(self, request: bytes) -> asyncio.Future[channel.Answer]:
         """Send one encoded request; the future is its answer, or fails with EnvironmentLost
-        if the process ends first. (A plain method, not a coroutine: one frame less to resume
-        on the warm path.)"""
+        if the process ends first."""
+        waiter: asyncio.Future[channel.Answer] = self._loop.create_future()
+        self.send_then(request, partial(_settle_answer, waiter))
+        return waiter
+
+    def send_then(self, request: bytes, on_answer: OnAnswer) -> None:
+        """Send one encoded request; ``on_answer`` gets its answer as soon as it is read (no
+        future, no coroutine: the warm path), or `EnvironmentLost`. Raises EnvironmentLost at
+        once if the process has ended."""
         answers = self._answers
         if answers.closed or self._requests is None:
             raise EnvironmentLost()
-        waiter = self._loop.create_future()
-        answers.waiter = waiter
+        answers.on_answer = on_answer
         self._requests.write(request)
-        return waiter
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -194,3 +206,12 @@ class EnvironmentHandle:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.memfd, self._statm = -1, None
+
+
+def _settle_answer(
+    waiter: asyncio.Future[channel.Answer], outcome: channel.Answer | EnvironmentLost
+) -> None:
+    if isinstance(outcome, EnvironmentLost):
+        settle(waiter, outcome)
+    else:
+        settle(waiter, None, outcome)

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import orjson
 
 from sluice.app import FunctionSpec
 from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailable
-from sluice.futures import outcome, settle
+from sluice.futures import pass_outcome, settle
 from sluice.limits.contract import Limiter
 from sluice.limits.local import LocalLimiter
 from sluice.runtime import channel, faults, reports
@@ -211,11 +211,25 @@ class Runtime:
     def invoke_soon(
         self, function: str, payload: bytes, *, request_id: str | None = None
     ) -> asyncio.Future[InvocationResult]:
-        """`invoke` as a future (see `contract.InvokesSoon`). On a warm environment of a function
-        without reserved concurrency, no coroutine runs: the environment's answer settles the
-        future. Otherwise `invoke` runs as a task. Cancelling the future abandons the result,
-        not the invocation: the environment finishes it and is used again."""
-        loop = asyncio.get_running_loop()
+        """`invoke` as a future (see `contract.InvokesSoon`): `invoke_then` settling it.
+        Cancelling the future abandons the result, not the invocation: the environment finishes
+        it and is used again."""
+        result: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
+        self.invoke_then(function, payload, partial(_settle_result, result), request_id=request_id)
+        return result
+
+    def invoke_then(
+        self,
+        function: str,
+        payload: bytes,
+        done: Callable[[InvocationResult | BaseException], None],
+        *,
+        request_id: str | None = None,
+    ) -> None:
+        """`invoke`, its result (or the exception it raises) passed to ``done`` on the event
+        loop (see `contract.InvokesSoon`). On a warm environment of a function without reserved
+        concurrency, no coroutine and no future: the environment's answer calls ``done``.
+        Otherwise `invoke` runs as a task."""
         pool = self._pools.get(function)
         id_bytes = request_id.encode() if request_id is not None else b""
         env = None
@@ -228,24 +242,21 @@ class Runtime:
         ):
             env = pool.take_idle()
         if pool is None or env is None:
-            task = loop.create_task(self.invoke(function, payload, request_id=request_id))
+            task = asyncio.get_running_loop().create_task(
+                self.invoke(function, payload, request_id=request_id)
+            )
             self._settling.add(task)  # kept until done, as the one `_answer_arrived` starts
-            task.add_done_callback(self._settling.discard)
-            return task
+            task.add_done_callback(partial(self._settled, done))
+            return
         if request_id is None:
             request_id = self._request_ids.next()
             id_bytes = request_id.encode()
         started = self._busy_with(pool, env)
-        result: asyncio.Future[InvocationResult] = loop.create_future()
+        arrived = partial(self._answer_arrived, pool, env, request_id, started, done)
         try:
-            waiter = env.send(channel.encode_request(id_bytes, env.deadline, b"", payload))
+            env.send_then(channel.encode_request(id_bytes, env.deadline, b"", payload), arrived)
         except EnvironmentLost as lost:
-            waiter = loop.create_future()
-            waiter.set_exception(lost)
-        waiter.add_done_callback(
-            partial(self._answer_arrived, pool, env, request_id, started, result)
-        )
-        return result
+            arrived(lost)
 
     def _answer_arrived(
         self,
@@ -253,35 +264,33 @@ class Runtime:
         env: EnvironmentHandle,
         request_id: str,
         started: float,
-        result: asyncio.Future[InvocationResult],
-        waiter: asyncio.Future[channel.Answer],
+        done: Callable[[InvocationResult | BaseException], None],
+        answer: channel.Answer | EnvironmentLost,
     ) -> None:
-        """An environment answered (or ended) an `invoke_soon`: release it, settle ``result``."""
+        """An environment answered (or ended) an `invoke_then`: release it, tell ``done``."""
         self._not_busy(env)
-        error = None if waiter.cancelled() else waiter.exception()
-        if isinstance(error, EnvironmentLost):
+        if isinstance(answer, EnvironmentLost):
             stopped = asyncio.get_running_loop().create_task(
                 self._stopped(pool, env, request_id, started)
             )
             self._settling.add(stopped)
-            stopped.add_done_callback(partial(self._settled, result))
-            return
-        if waiter.cancelled() or error is not None:
-            pool.discard(env)
-            settle(result, error or Unavailable("the invocation was cancelled"))
+            stopped.add_done_callback(partial(self._settled, done))
             return
         try:
-            answered = self._answered(pool, env, request_id, waiter.result())
+            answered: InvocationResult | BaseException = self._answered(
+                pool, env, request_id, answer
+            )
         except Exception as refused:
-            settle(result, refused)
-        else:
-            settle(result, None, answered)
+            answered = refused
+        done(answered)
 
     def _settled(
-        self, result: asyncio.Future[InvocationResult], task: asyncio.Task[InvocationResult]
+        self,
+        done: Callable[[InvocationResult | BaseException], None],
+        task: asyncio.Task[InvocationResult],
     ) -> None:
         self._settling.discard(task)
-        settle(result, *outcome(task, "the invocation was cancelled"))
+        pass_outcome(done, "the invocation was cancelled", task)
 
     def _busy_with(self, pool: _FunctionPool, env: EnvironmentHandle) -> float:
         """Mark ``env`` busy with one invocation from now (watched for its deadline and memory);
@@ -500,3 +509,12 @@ class Runtime:
                 await self._top_up_provisioned()
             except Exception:
                 log.exception("could not restart provisioned environments")
+
+
+def _settle_result(
+    result: asyncio.Future[InvocationResult], outcome: InvocationResult | BaseException
+) -> None:
+    if isinstance(outcome, BaseException):
+        settle(result, outcome)
+    else:
+        settle(result, None, outcome)

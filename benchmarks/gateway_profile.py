@@ -198,13 +198,8 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
             True,
         ),
     ]
-    measured: dict[str, list[Result]] = {name: [] for name, *_ in rows}
     try:
-        for round_no in range(rounds):
-            for name, port, path, post in rows if round_no % 2 == 0 else rows[::-1]:
-                console().log(f"gateway profile, round {round_no + 1}: {name}")
-                result = await measure(name, port, path, options, script if post else None)
-                measured[name].append(result)
+        return await in_rounds(rows, options, script, rounds, "gateway profile")
     finally:
         for server in (gateway, thread_gateway, diagnostic, echo_gateway, unwaited_gateway):
             await server.shutdown(1)
@@ -212,6 +207,23 @@ async def profile(options: WrkOptions, workdir: Path, rounds: int) -> list[Resul
         await runtime.close()
         for b in (broker, threaded, unused, echo, unwaited):
             await b.close()
+
+
+# A row: its name, the port and path to load, and whether to POST the JSON body.
+Row = tuple[str, int, str, bool]
+
+
+async def in_rounds(
+    rows: Sequence[Row], options: WrkOptions, script: Path, rounds: int, label: str
+) -> list[Result]:
+    """Every row once per round (in reverse order every other round, so that no row always
+    follows the same one); per row, its median round."""
+    measured: dict[str, list[Result]] = {name: [] for name, *_ in rows}
+    for round_no in range(rounds):
+        for name, port, path, post in rows if round_no % 2 == 0 else rows[::-1]:
+            console().log(f"{label}, round {round_no + 1}: {name}")
+            result = await measure(name, port, path, options, script if post else None)
+            measured[name].append(result)
     return [median_round(results) for results in measured.values()]
 
 

@@ -24,9 +24,9 @@ from typing import Any
 from unittest.mock import patch
 
 from gateway_app import _hello
-from gateway_bench import median_round, post_script
-from gateway_profile import gateway_on, measure, measured
-from harness import WrkOptions, console
+from gateway_bench import post_script
+from gateway_profile import gateway_on, in_rounds, measured
+from harness import WrkOptions
 
 from faults import Redis
 from sluice.broker.contract import SendOutcome, send_as_task
@@ -74,13 +74,8 @@ async def compare(options: WrkOptions, workdir: Path, rounds: int) -> list[Any]:
             True,
         ),
     ]
-    measured_rows: dict[str, list[Any]] = {name: [] for name, *_ in rows}
     try:
-        for round_no in range(rounds):
-            for name, port, path, post in rows if round_no % 2 == 0 else rows[::-1]:
-                console().log(f"gateway on Redis, round {round_no + 1}: {name}")
-                result = await measure(name, port, path, options, script if post else None)
-                measured_rows[name].append(result)
+        return await in_rounds(rows, options, script, rounds, "gateway on Redis")
     finally:
         for gateway in gateways:
             await gateway.shutdown(1)
@@ -88,7 +83,6 @@ async def compare(options: WrkOptions, workdir: Path, rounds: int) -> list[Any]:
         for broker in brokers:
             await broker.close()
         redis.stop()
-    return [median_round(results) for results in measured_rows.values()]
 
 
 def main(argv: Sequence[str]) -> None:

@@ -20,6 +20,14 @@ def settle(future: asyncio.Future[Any], error: BaseException | None, value: Any 
         future.set_result(value)
 
 
+def settle_with(future: asyncio.Future[Any], result: Any) -> None:
+    """`settle` with an outcome that is either the value or the exception that replaced it."""
+    if isinstance(result, BaseException):
+        settle(future, result)
+    else:
+        settle(future, None, result)
+
+
 def outcome(future: asyncio.Future[Any], cancelled: str) -> tuple[BaseException | None, Any]:
     """A done future's exception (and None), or None and its result; a cancelled future's is
     `Unavailable` with the message ``cancelled``."""

@@ -21,6 +21,7 @@ import pytest
 from sluice.broker.contract import Broker
 from sluice.broker.groupcommit import GroupCommitWriter
 from sluice.broker.sqlite import SQLiteBroker
+from tests.redis_cluster import RedisServer
 from tests.servers import require_redis
 
 T = TypeVar("T")
@@ -124,3 +125,15 @@ def stored(path: Path) -> list[str]:
     """The values in table ``t``, sorted."""
     with sqlite3.connect(path) as conn:
         return sorted(v for (v,) in conn.execute("SELECT v FROM t"))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own that fsyncs its append-only file on every write, to
+    kill and start again (same directory and port)."""
+    durable = RedisServer(
+        tmp_path / "redis", options=["--appendonly", "yes", "--appendfsync", "always"]
+    )
+    durable.start()
+    yield durable
+    durable.stop()

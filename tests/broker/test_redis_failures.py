@@ -7,8 +7,6 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,16 +20,6 @@ pytestmark = pytest.mark.redis
 
 # Connection refused: three attempts, pauses of 0.05 s and 0.2 s. Generous for a loaded machine.
 REFUSED_BOUND = 2.0
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    durable = RedisServer(
-        tmp_path / "redis", options=["--appendonly", "yes", "--appendfsync", "always"]
-    )
-    durable.start()
-    yield durable
-    durable.stop()
 
 
 async def _drain(broker: RedisBroker, queue: str) -> list[str]:

@@ -9,7 +9,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,16 +115,6 @@ def test_a_configuration_changed_since_the_check_sends_each_again(namespace: str
         await admin.close()
 
     asyncio.run(scenario())
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    durable = RedisServer(
-        tmp_path / "redis", options=["--appendonly", "yes", "--appendfsync", "always"]
-    )
-    durable.start()
-    yield durable
-    durable.stop()
 
 
 def test_a_killed_server_answers_every_send_and_loses_none_told_stored(

@@ -43,7 +43,7 @@ import orjson
 from sluice.broker.contract import OutgoingMessage
 from sluice.broker.groupcommit import Checkpointer, Operation, Outcome, commit_group
 from sluice.errors import SluiceError, Unavailable, ValidationError, error_for
-from sluice.futures import settle
+from sluice.futures import settle_with
 
 log = logging.getLogger("sluice.broker")
 
@@ -167,7 +167,7 @@ class SendProcess:
         if self._transport is None and not self._closed:
             await self.start()
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self.submit(queue, messages, partial(_settle_outcome, future))
+        self.submit(queue, messages, partial(settle_with, future))
         return await future
 
     def submit(self, queue: str, messages: Sequence[OutgoingMessage], done: Done) -> None:
@@ -270,13 +270,6 @@ def _carried(m: OutgoingMessage) -> Message:
     if not m.attributes and m.delay is None and m.group_id is None and m.deduplication_id is None:
         return m.body
     return (m.body, m.attributes or None, m.delay, m.group_id, m.deduplication_id)
-
-
-def _settle_outcome(future: asyncio.Future[list[str]], outcome: list[str] | SluiceError) -> None:
-    if isinstance(outcome, SluiceError):
-        settle(future, outcome)
-    else:
-        settle(future, None, outcome)
 
 
 def _callbacks(gathered: Gathered) -> list[Done]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from sluice.futures import settle
+from sluice.futures import settle_with
 from sluice.runtime import channel
 from sluice.runtime.environment import EnvironmentConfig
 
@@ -119,7 +119,7 @@ class EnvironmentHandle:
         """Send one encoded request; the future is its answer, or fails with EnvironmentLost
         if the process ends first."""
         waiter: asyncio.Future[channel.Answer] = self._loop.create_future()
-        self.send_then(request, partial(_settle_answer, waiter))
+        self.send_then(request, partial(settle_with, waiter))
         return waiter
 
     def send_then(self, request: bytes, on_answer: OnAnswer) -> None:
@@ -206,12 +206,3 @@ class EnvironmentHandle:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.memfd, self._statm = -1, None
-
-
-def _settle_answer(
-    waiter: asyncio.Future[channel.Answer], outcome: channel.Answer | EnvironmentLost
-) -> None:
-    if isinstance(outcome, EnvironmentLost):
-        settle(waiter, outcome)
-    else:
-        settle(waiter, None, outcome)

@@ -19,7 +19,7 @@ import orjson
 
 from sluice.app import FunctionSpec
 from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailable
-from sluice.futures import pass_outcome, settle
+from sluice.futures import pass_outcome, settle_with
 from sluice.limits.contract import Limiter
 from sluice.limits.local import LocalLimiter
 from sluice.runtime import channel, faults, reports
@@ -215,7 +215,7 @@ class Runtime:
         Cancelling the future abandons the result, not the invocation: the environment finishes
         it and is used again."""
         result: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
-        self.invoke_then(function, payload, partial(_settle_result, result), request_id=request_id)
+        self.invoke_then(function, payload, partial(settle_with, result), request_id=request_id)
         return result
 
     def invoke_then(
@@ -509,12 +509,3 @@ class Runtime:
                 await self._top_up_provisioned()
             except Exception:
                 log.exception("could not restart provisioned environments")
-
-
-def _settle_result(
-    result: asyncio.Future[InvocationResult], outcome: InvocationResult | BaseException
-) -> None:
-    if isinstance(outcome, BaseException):
-        settle(result, outcome)
-    else:
-        settle(result, None, outcome)

@@ -1,6 +1,6 @@
 """What the send process's child spends per commit and per message, and what its pipe reads cost:
 
-    .venv/bin/python benchmarks/send_process_cost.py [--commits 300] [--rounds 3]
+    .venv/bin/python benchmarks/send_process_cost.py [--commits 300] [--rounds 3] [--name N]
 
 In this process: frames as the gateway's loop writes them (plain one-message sends of
 `gateway_bench`'s body), turned into group-commit operations and committed as the child does
@@ -10,7 +10,7 @@ as the child runs, and side by side with ``synchronous=OFF``, which skips the fl
 difference is what the flush costs a commit. Then a pipe read with 3 KB waiting, asked for with
 1 MiB (what the child used to ask for) and with 64 KiB (`send_process.READ_SIZE`). Rounds
 alternate the two settings; each row is its median round. Writes
-``benchmarks/results/send_process_cost.{json,md}``.
+``benchmarks/results/<name>.{json,md}`` (``send_process_cost`` unless ``--name`` says otherwise).
 """
 
 from __future__ import annotations
@@ -160,8 +160,9 @@ def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description="The send process child's cost per commit.")
     parser.add_argument("--commits", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--name", default="send_process_cost", help="results/<name>.{json,md}")
     args = parser.parse_args(argv)
-    report = Report("send_process_cost")
+    report = Report(args.name)
     with tempfile.TemporaryDirectory() as tmp:
         for result in measure(Path(tmp), args.commits, args.rounds):
             report.add(result)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
+from time import monotonic
 
 log = logging.getLogger("sluice.gateway")
 
@@ -35,8 +36,9 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, timeout: float, expire: Callable[[], None]) -> Deadline:
-        loop = asyncio.get_running_loop()
-        slot = math.ceil((loop.time() + timeout) / self._resolution)
+        # time.monotonic, not the loop's clock: while the timer runs (always, under load) no
+        # asyncio.get_running_loop() is needed, which on CPython 3.11 is a getpid() system call.
+        slot = math.ceil((monotonic() + timeout) / self._resolution)
         deadline = Deadline(expire, slot)
         waiting = self._slots.get(slot)
         if waiting is None:
@@ -44,6 +46,7 @@ class Deadlines:
         else:
             waiting.add(deadline)
         if self._timer is None:
+            loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._resolution, self._tick, loop)
         return deadline
 
@@ -55,7 +58,7 @@ class Deadlines:
                 del self._slots[deadline.slot]
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time() / self._resolution
+        now = monotonic() / self._resolution
         for slot in [slot for slot in self._slots if slot <= now]:
             for deadline in self._slots.pop(slot):
                 try:

@@ -72,10 +72,15 @@ class _Reject(Exception):
 class ServerState:
     """What all connections of one listening server share."""
 
-    def __init__(self, config: GatewayConfig, handler: Handler, port: int) -> None:
+    def __init__(
+        self, config: GatewayConfig, handler: Handler, port: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.config = config
         self.handler = handler
         self.port = port
+        # Held, not looked up: on CPython 3.11 every asyncio.get_running_loop() is a getpid()
+        # system call, and a request would make two.
+        self.loop = loop
         self.connections: set[Connection] = set()
         self.draining = False
         self._date_second = -1
@@ -169,7 +174,7 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client = (str(peer[0]), int(peer[1]))
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = state.loop.time()
         state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -179,7 +184,7 @@ class Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     def pause_writing(self) -> None:
-        self._write_paused_at = asyncio.get_running_loop().time()
+        self._write_paused_at = self.state.loop.time()
 
     def resume_writing(self) -> None:
         self._write_paused_at = None
@@ -224,7 +229,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_message = True
-        self.message_started = asyncio.get_running_loop().time()
+        self.message_started = self.state.loop.time()
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -321,11 +326,11 @@ class Connection(asyncio.Protocol):
                 if asyncio.isfuture(answer):
                     answer.add_done_callback(self._answered)
                 else:
-                    self._task = asyncio.get_running_loop().create_task(self._await(answer))
+                    self._task = self.state.loop.create_task(self._await(answer))
                 return
             if not self._respond(answer):
                 return
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self.state.loop.time()
         if self._paused and not self._closed and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
@@ -353,7 +358,7 @@ class Connection(asyncio.Protocol):
     def _respond(self, response: Response) -> bool:
         """Write the answer to the request being answered; whether to go on to the next one."""
         if response.stream is not None:
-            self._task = asyncio.get_running_loop().create_task(self._stream(response))
+            self._task = self.state.loop.create_task(self._stream(response))
             return False
         request, keep_alive = self._finished()
         self._write(response, request, keep_alive)
@@ -436,7 +441,7 @@ class Connection(asyncio.Protocol):
                     continue
                 self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if self._write_paused_at is not None:
-                    self._drain = asyncio.get_running_loop().create_future()
+                    self._drain = self.state.loop.create_future()
                     await self._drain
         except Exception as exc:
             # Headers are gone already: the only honest signal left is an aborted connection.
@@ -475,7 +480,7 @@ class Connection(asyncio.Protocol):
             self._close()
             return
         transport.write_eof()
-        self._lingering_since = asyncio.get_running_loop().time()
+        self._lingering_since = self.state.loop.time()
         self._paused = False
         transport.resume_reading()
 
@@ -531,7 +536,7 @@ class HttpServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        state = ServerState(self.config, self.handler, port)
+        state = ServerState(self.config, self.handler, port, loop)
         self._state = state
         self._server = await loop.create_server(
             lambda: Connection(state), host, port, backlog=self.config.backlog, reuse_address=True

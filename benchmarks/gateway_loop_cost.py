@@ -12,7 +12,8 @@ queue route on a real SQLite broker whose send process is replaced by an in-proc
 answers each frame on the next loop iteration with made-up ids (the loop's side of the hand-over;
 nothing is stored; the stand-in's own decoding and answer run on the loop thread too, so that row
 is an overestimate), and the same route with each send answered at once. The sync route needs its
-environment processes and is not here. Each row is its median round; rounds alternate the order.
+environment processes and is not here. The heap is settled first (`settle_heap`), as in the
+serving processes. Each row is its median round; rounds alternate the order.
 Writes ``benchmarks/results/<name>.{json,md}``.
 """
 
@@ -40,6 +41,7 @@ from sluice.broker.send_process import SendProcess
 from sluice.broker.sqlite import SQLiteBroker
 from sluice.gateway.config import GatewayConfig
 from sluice.gateway.server import Connection, Handler, ServerState
+from sluice.platform import settle_heap
 
 GROUP = "event-loop CPU per request, in-memory transports"
 CLIENTS = 64
@@ -146,6 +148,7 @@ async def measure(workdir: Path, requests: int, rounds: int) -> list[Result]:
         ("gateway, queue route, send answered at once", at_once.handle, POST % b"/enqueue"),
     ]
     measured: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+    settle_heap()  # as the serving processes do: without it young collections add 1-2 µs/req
     try:
         for round_no in range(rounds):
             for name, handler, request in rows if round_no % 2 == 0 else rows[::-1]:

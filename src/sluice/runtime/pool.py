@@ -19,7 +19,7 @@ import orjson
 
 from sluice.app import FunctionSpec
 from sluice.errors import FunctionNotFound, InvalidPayload, Throttled, Unavailable
-from sluice.futures import pass_outcome, settle_with
+from sluice.futures import pass_outcome
 from sluice.limits.contract import Limiter
 from sluice.limits.local import LocalLimiter
 from sluice.runtime import channel, faults, reports
@@ -92,7 +92,7 @@ class Runtime:
         self._template_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._watching = False  # the monitor runs (it stops when nothing is busy)
-        self._settling: set[asyncio.Task[InvocationResult]] = set()  # invoke_soon's tasks
+        self._settling: set[asyncio.Task[InvocationResult]] = set()  # invoke_then's tasks
         self._reaper: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -207,16 +207,6 @@ class Runtime:
         finally:
             self._not_busy(env)
         return self._answered(pool, env, request_id, answer)
-
-    def invoke_soon(
-        self, function: str, payload: bytes, *, request_id: str | None = None
-    ) -> asyncio.Future[InvocationResult]:
-        """`invoke` as a future (see `contract.InvokesSoon`): `invoke_then` settling it.
-        Cancelling the future abandons the result, not the invocation: the environment finishes
-        it and is used again."""
-        result: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
-        self.invoke_then(function, payload, partial(settle_with, result), request_id=request_id)
-        return result
 
     def invoke_then(
         self,

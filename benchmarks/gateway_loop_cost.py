@@ -7,7 +7,8 @@ gateway's own Python smaller than that. Here the server's `Connection` objects a
 requests from in-memory transports (64 clients, each sending its next request once its response
 is written), so only the loop thread's work is timed (`time.thread_time`): parsing, routing, the
 target, the response. Rows: Sluice's server answering hello world to a GET and to the queue
-route's POST (rows (1) and (7) of `gateway_bench`), the gateway's fixed-response route, and its
+route's POST (rows (1) and (7) of `gateway_bench`; the first also with the loop looked up on every
+use, as the server did before it held it), the gateway's fixed-response route, and its
 queue route on a real SQLite broker whose send process is replaced by an in-process stand-in that
 answers each frame on the next loop iteration with made-up ids (the loop's side of the hand-over;
 nothing is stored; the stand-in's own decoding and answer run on the loop thread too, so that row
@@ -100,9 +101,27 @@ class _ChildStandIn:
         pass
 
 
-async def loop_cpu(handler: Handler, request: bytes, requests: int) -> float:
+class _LoopLookedUp:
+    """Diagnostic: the server's loop looked up on every use, as the server did before it held it
+    (`asyncio.get_running_loop()` is a getpid() system call on CPython 3.11). Each use costs one
+    Python call more than the code did then. The per-request path uses only `time`."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def create_task(self, coro: Any) -> asyncio.Task[Any]:
+        return asyncio.get_running_loop().create_task(coro)
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+
+async def loop_cpu(
+    handler: Handler, request: bytes, requests: int, *, look_up_loop: bool = False
+) -> float:
     """Loop-thread CPU µs per request answered, ``CLIENTS`` clients in turn."""
-    state = ServerState(GatewayConfig(access_log=False), handler, 8080, asyncio.get_running_loop())
+    loop: Any = _LoopLookedUp() if look_up_loop else asyncio.get_running_loop()
+    state = ServerState(GatewayConfig(access_log=False), handler, 8080, loop)
     clients = []
     for _ in range(CLIENTS):
         connection, transport = Connection(state), _Client()
@@ -136,23 +155,32 @@ async def measure(workdir: Path, requests: int, rounds: int) -> list[Result]:
     await unused.start()
     with patch.object(SQLiteBroker, "send_soon", _answer_at_once):
         at_once = await gateway_on(unused)
-    rows: list[tuple[str, Handler, bytes]] = [
-        ("Sluice HttpServer, hello world, GET (1)", _hello, GET % b"/"),
-        ("Sluice HttpServer, hello world, the queue route's POST (7)", _hello, POST % b"/"),
-        ("gateway, FixedResponse route", gateway.handle, GET % b"/fixed"),
+    rows: list[tuple[str, Handler, bytes, bool]] = [
+        ("Sluice HttpServer, hello world, GET (1)", _hello, GET % b"/", False),
+        (
+            "diagnostic: the same, the loop looked up on every use (as before the server held it)",
+            _hello,
+            GET % b"/",
+            True,
+        ),
+        ("Sluice HttpServer, hello world, the queue route's POST (7)", _hello, POST % b"/", False),
+        ("gateway, FixedResponse route", gateway.handle, GET % b"/fixed", False),
         (
             "gateway, queue route, send answered by an in-process stand-in",
             gateway.handle,
             POST % b"/enqueue",
+            False,
         ),
-        ("gateway, queue route, send answered at once", at_once.handle, POST % b"/enqueue"),
+        ("gateway, queue route, send answered at once", at_once.handle, POST % b"/enqueue", False),
     ]
-    measured: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+    measured: dict[str, list[float]] = {name: [] for name, *_ in rows}
     settle_heap()  # as the serving processes do: without it young collections add 1-2 µs/req
     try:
         for round_no in range(rounds):
-            for name, handler, request in rows if round_no % 2 == 0 else rows[::-1]:
-                measured[name].append(await loop_cpu(handler, request, requests))
+            for name, handler, request, look_up in rows if round_no % 2 == 0 else rows[::-1]:
+                measured[name].append(
+                    await loop_cpu(handler, request, requests, look_up_loop=look_up)
+                )
     finally:
         process._stdin = real_stdin
         for server in (gateway, at_once):

@@ -1,7 +1,8 @@
 """The gateway against its goals (issue 3), every row in one run on this machine:
 
     .venv/bin/python benchmarks/gateway_bench.py [--rounds 3] [--duration 5] [--connections 64] \
-        [--hold-connections 10000] [--hold-duration 10] [--rows 1 3]
+        [--hold-connections 10000] [--hold-duration 10] [--rows 1 3] [--sweep 128 256] \
+        [--no-dedicated]
 
 writes ``benchmarks/results/gateway.{json,md}``. Rows, each its own fresh server process and the
 same wrk settings (one wrk thread: wrk takes one core, the server the other):
@@ -18,6 +19,13 @@ same wrk settings (one wrk thread: wrk takes one core, the server the other):
 Each Sluice row is compared to the bare server answering the same request: (2) GET to (1) GET,
 (3) POST to (7) POST, so that the ratio is what Sluice adds, not what a body costs to read. The
 ratio of (3) to the GET hello world (1) is listed beside it.
+
+Variants repeat the goals' rows (1), (2), (7) and (3): "(1d)" etc. with both Sluice servers
+started with ``--cpu-placement dedicated`` (the event loop keeps one CPU, the environments and the
+send process get the other; `sluice.placement`), and "(1@128)" etc. at each ``--sweep``
+connection count instead of ``--connections``. A durable 202 waits for a commit, so the queue
+route's rate grows with the requests in flight while a hello world's does not: the sweep shows
+where each ratio stands at each concurrency.
 
 The machine is shared, so its load moves during a run: all rows are measured once per round,
 ``--rounds`` times (rows compared by a goal back to back, the order reversed every other round),
@@ -40,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -73,26 +81,53 @@ GOALS = {"queue_vs_hello": 0.5, "queue_vs_celery": 10.0, "sync_vs_hello": 1 / 3}
 
 @dataclass(frozen=True)
 class Row:
+    key: str  # "1" .. "7"; a variant's adds "d" (dedicated placement) or "@N" (N connections)
     name: str
     server: str  # "hello", "gateway", "fastapi-celery" or "fastapi-hello"
     path: str
     post: bool = False
+    placement: str = "shared"  # the Sluice server's --cpu-placement
+    connections: int | None = None  # None: the run's --connections
+
+    def variant(self, suffix: str, label: str, **changes: str | int) -> Row:
+        name = f"({self.key}{suffix}){self.name.split(')', 1)[1]}, {label}"
+        return replace(self, key=self.key + suffix, name=name, **changes)  # type: ignore[arg-type]
 
 
 ROWS = (
-    Row("(1) Sluice HttpServer, bare hello world", "hello", "/"),
-    Row("(2) sync route -> no-op function", "gateway", "/noop"),
-    Row("(3) queue route, durable 202 (POST JSON)", "gateway", "/enqueue", post=True),
-    Row("(4) FastAPI + Celery .delay() on Redis, 202", "fastapi-celery", "/enqueue"),
-    Row("(5) FastAPI hello world", "fastapi-hello", "/"),
-    Row("(6) async route (Event invoke), durable 202 (POST JSON)", "gateway", "/jobs", post=True),
-    Row("(7) Sluice HttpServer, bare hello world, row 3's POST JSON", "hello", "/", post=True),
+    Row("1", "(1) Sluice HttpServer, bare hello world", "hello", "/"),
+    Row("2", "(2) sync route -> no-op function", "gateway", "/noop"),
+    Row("3", "(3) queue route, durable 202 (POST JSON)", "gateway", "/enqueue", post=True),
+    Row("4", "(4) FastAPI + Celery .delay() on Redis, 202", "fastapi-celery", "/enqueue"),
+    Row("5", "(5) FastAPI hello world", "fastapi-hello", "/"),
+    Row(
+        "6",
+        "(6) async route (Event invoke), durable 202 (POST JSON)",
+        "gateway",
+        "/jobs",
+        post=True,
+    ),
+    Row("7", "(7) Sluice HttpServer, bare hello world, row 3's POST JSON", "hello", "/", post=True),
 )
-
-
+BY_KEY = {row.key: row for row in ROWS}
 # Rows compared by a goal are measured back to back ((2) after (1), (3) after (7)), and every
 # other round in reverse order, so that the machine's drift moves both rows of a pair alike.
-MEASURE_ORDER = (1, 2, 7, 3, 6, 4, 5)
+MEASURE_ORDER = ("1", "2", "7", "3", "6", "4", "5")
+# The rows a variant repeats (the goals' pairs), in the same order.
+VARIANT_ORDER = ("1", "2", "7", "3")
+
+
+def variants(dedicated: bool, sweep: Sequence[int]) -> list[Row]:
+    """The goals' rows again with the Sluice servers' loop on a CPU of its own, and at each
+    connection count of ``sweep``."""
+    rows = []
+    if dedicated:
+        label = "dedicated CPU placement"
+        rows += [BY_KEY[k].variant("d", label, placement="dedicated") for k in VARIANT_ORDER]
+    for count in sweep:
+        label = f"{count} connections"
+        rows += [BY_KEY[k].variant(f"@{count}", label, connections=count) for k in VARIANT_ORDER]
+    return rows
 
 
 def raise_nofile() -> int:
@@ -167,16 +202,20 @@ class Servers:
         self.sluice = str(Path(sys.executable).parent / "sluice")
         self._count = 0
 
-    def start_args(self, kind: str) -> tuple[ManagedProcess, int, Path | None]:
+    def start_args(
+        self, kind: str, placement: str = "shared"
+    ) -> tuple[ManagedProcess, int, Path | None]:
         port = free_port()
         self._count += 1
         data_dir = None
+        app = str(BENCH_DIR / "gateway_app.py")
         if kind == "hello":
-            argv = [sys.executable, str(BENCH_DIR / "gateway_app.py"), "hello", f"--port={port}"]
+            argv = [sys.executable, app, "hello", f"--port={port}"]
+            argv.append(f"--cpu-placement={placement}")
         elif kind == "gateway":
             data_dir = self.workdir / f"data{self._count}"
-            app = str(BENCH_DIR / "gateway_app.py")
             argv = [self.sluice, f"--data-dir={data_dir}", "gateway", app, f"--port={port}"]
+            argv.append(f"--cpu-placement={placement}")
         else:
             argv = server_argv(kind, port)
         env = bench_env(self.redis_url)
@@ -186,8 +225,10 @@ class Servers:
 def measure_row(
     row: Row, servers: Servers, options: WrkOptions, script: Path, redis_url: str, warmup: int = 1
 ) -> Result:
-    server, port, data_dir = servers.start_args(row.server)
+    server, port, data_dir = servers.start_args(row.server, row.placement)
     url = f"http://127.0.0.1:{port}{row.path}"
+    if row.connections is not None:
+        options = replace(options, connections=row.connections)
     script_for_row = script if row.post else None
     extra: dict[str, float | int | str] = {}
     with server:
@@ -228,7 +269,11 @@ def measure_row(
             "server rss MB": round(server_rss, 1),
             "tree rss MB": round(memory.rss_mb, 1),
         },
-        settings={**options.settings(), "body": "JSON, POST" if row.post else "GET"},
+        settings={
+            **options.settings(),
+            "body": "JSON, POST" if row.post else "GET",
+            "cpu placement": row.placement,
+        },
     )
 
 
@@ -270,32 +315,42 @@ def median_round(results: list[Result]) -> Result:
 
 
 def verdicts(report: Report, rounds: dict[str, list[Result]]) -> list[str]:
-    """One line per goal whose two rows were measured: the ratio of the two rows' median rounds,
-    and beside it the ratio within each round (rows measured minutes apart on a machine whose
-    speed drifts; within a round they are back to back) with its median."""
-    by_name = {r.name[:3]: r.value for r in report.results if r.group == GROUP}
-    per_round = {name[:3]: [r.value for r in results] for name, results in rounds.items()}
+    """One line per goal whose two rows were measured, for the base rows and then each variant:
+    the ratio of the two rows' median rounds, and beside it the ratio within each round (rows
+    measured minutes apart on a machine whose speed drifts; within a round they are back to
+    back) with its median."""
+    by_key = {_key(r.name): r.value for r in report.results if r.group == GROUP}
+    per_round = {_key(name): [r.value for r in results] for name, results in rounds.items()}
+    suffixes = dict.fromkeys(key.lstrip("0123456789") for key in by_key)
     lines = []
-    for a, b, goal in [
-        ("(3)", "(7)", GOALS["queue_vs_hello"]),
-        ("(3)", "(1)", None),  # against the GET hello world: listed, not the goal's measure
-        ("(3)", "(4)", GOALS["queue_vs_celery"]),
-        ("(2)", "(1)", GOALS["sync_vs_hello"]),
-    ]:
-        if a not in by_name or b not in by_name:
-            continue
-        value = by_name[a] / by_name[b]
-        paired = [x / y for x, y in zip(per_round[a], per_round[b], strict=True)]
-        verdict = (
-            "no goal (a cheaper request than (3)'s)"
-            if goal is None
-            else f"goal >= {goal:.2f}: {'met' if value >= goal else 'NOT met'}"
-        )
-        lines.append(
-            f"{a}/{b} = {value:.2f} ({verdict}); within each round"
-            f" {' / '.join(f'{r:.2f}' for r in paired)}, median {statistics.median(paired):.2f}"
-        )
+    for suffix in suffixes:
+        pairs = [
+            ("3", "7", GOALS["queue_vs_hello"]),
+            ("3", "1", None),  # against the GET hello world: listed, not the goal's measure
+            ("3", "4", GOALS["queue_vs_celery"]),
+            ("2", "1", GOALS["sync_vs_hello"]),
+        ]
+        for a, b, goal in pairs:
+            a, b = a + suffix, (b + suffix if b != "4" else b)
+            if a not in by_key or b not in by_key or (b == "4" and suffix):
+                continue
+            value = by_key[a] / by_key[b]
+            paired = [x / y for x, y in zip(per_round[a], per_round[b], strict=True)]
+            verdict = (
+                "no goal (a cheaper request than (3)'s)"
+                if goal is None
+                else f"goal >= {goal:.2f}: {'met' if value >= goal else 'NOT met'}"
+            )
+            lines.append(
+                f"({a})/({b}) = {value:.2f} ({verdict}); within each round"
+                f" {' / '.join(f'{r:.2f}' for r in paired)}, median {statistics.median(paired):.2f}"
+            )
     return lines
+
+
+def _key(name: str) -> str:
+    """A row's key from its name: "(3@128) queue route ..." -> "3@128"."""
+    return name[1 : name.index(")")]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -317,15 +372,32 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--name", default="gateway", help="results/<name>.{json,md}")
     parser.add_argument(
         "--rows",
-        type=int,
         nargs="+",
-        choices=range(1, len(ROWS) + 1),
+        choices=MEASURE_ORDER,
         metavar="N",
         help="measure only these rows (e.g. --rows 1 3); the default is all of them",
     )
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        default=[128, 256],
+        metavar="C",
+        help="repeat rows 1, 2, 7 and 3 at each of these connection counts (none: --sweep)",
+    )
+    parser.add_argument(
+        "--no-dedicated",
+        action="store_true",
+        help="skip rows 1, 2, 7 and 3 with the dedicated CPU placement",
+    )
     args = parser.parse_args(argv)
-    chosen = set(args.rows or range(1, len(ROWS) + 1))
-    rows = [ROWS[n - 1] for n in MEASURE_ORDER if n in chosen]
+    chosen = set(args.rows or MEASURE_ORDER)
+    rows = [BY_KEY[key] for key in MEASURE_ORDER if key in chosen]
+    rows += [
+        row
+        for row in variants(not args.no_dedicated, args.sweep)
+        if row.key.rstrip("d").split("@")[0] in chosen
+    ]
     nofile = raise_nofile()
     report = Report(args.name)
     options = WrkOptions(args.duration, args.connections, args.threads)
@@ -334,7 +406,7 @@ def main(argv: Sequence[str]) -> None:
         workdir = Path(tmp)
         script = post_script(workdir)
         servers = Servers(workdir, args.redis_url)
-        rounds: dict[str, list[Result]] = {row.name: [] for row in ROWS if row in rows}
+        rounds: dict[str, list[Result]] = {row.name: [] for row in rows}
         for round_no in range(args.rounds):
             for row in rows if round_no % 2 == 0 else rows[::-1]:
                 console().log(f"gateway bench, round {round_no + 1}: {row.name}")

@@ -7,7 +7,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from gateway_bench import ROWS, Servers, measure_row, post_script, queued, raise_nofile, verdicts
+from gateway_bench import (
+    BY_KEY,
+    Servers,
+    measure_row,
+    post_script,
+    queued,
+    raise_nofile,
+    variants,
+    verdicts,
+)
 from harness import Report, Result, WrkOptions
 
 
@@ -25,7 +34,7 @@ def test_post_script_is_valid_lua_with_the_json_body(tmp_path: Path) -> None:
 
 def test_queue_row_measures_and_every_202_is_stored(tmp_path: Path, wrk: None) -> None:
     raise_nofile()
-    row = next(r for r in ROWS if r.path == "/enqueue" and r.server == "gateway")
+    row = BY_KEY["3"]
     servers = Servers(tmp_path, "redis://127.0.0.1:6379/13")
     result = measure_row(row, servers, WrkOptions(1, 8), post_script(tmp_path), servers.redis_url)
     assert result.value > 0 and result.extra["errors"] == 0
@@ -54,4 +63,40 @@ def test_verdicts_compare_against_the_goals() -> None:
         " median 0.35",
         "(3)/(4) = 15.00 (goal >= 10.00: met); within each round 15.00 / 12.00, median 13.50",
         "(2)/(1) = 0.40 (goal >= 0.33: met); within each round 0.40 / 0.30, median 0.35",
+    ]
+
+
+def test_variants_repeat_the_goals_rows_dedicated_and_at_each_connection_count() -> None:
+    rows = variants(True, [128])
+    assert [r.key for r in rows] == ["1d", "2d", "7d", "3d", "1@128", "2@128", "7@128", "3@128"]
+    assert rows[3].name == "(3d) queue route, durable 202 (POST JSON), dedicated CPU placement"
+    assert rows[3].placement == "dedicated" and rows[3].post and rows[3].connections is None
+    assert rows[5].connections == 128 and rows[5].placement == "shared"
+
+
+def test_each_variant_gets_its_own_verdicts_and_the_peer_only_the_base() -> None:
+    group = "gateway paths, one server process"
+    report = Report("t", results_dir=Path("/nonexistent"))
+    rounds: dict[str, list[Result]] = {}
+    for name, value in [
+        ("(1) a", 100.0),
+        ("(3) c", 30.0),
+        ("(4) d", 2.0),
+        ("(7) e", 60.0),
+        ("(1@128) a", 90.0),
+        ("(3@128) c", 54.0),
+        ("(7@128) e", 90.0),
+        ("(2d) b", 40.0),
+        ("(1d) a", 100.0),
+    ]:
+        report.add(Result(group, name, "req/s", value))
+        rounds[name] = [Result(group, name, "req/s", value)]
+    lines = [line.split(";")[0] for line in verdicts(report, rounds)]
+    assert lines == [
+        "(3)/(7) = 0.50 (goal >= 0.50: met)",
+        "(3)/(1) = 0.30 (no goal (a cheaper request than (3)'s))",
+        "(3)/(4) = 15.00 (goal >= 10.00: met)",
+        "(3@128)/(7@128) = 0.60 (goal >= 0.50: met)",
+        "(3@128)/(1@128) = 0.60 (no goal (a cheaper request than (3)'s))",
+        "(2d)/(1d) = 0.40 (goal >= 0.33: met)",
     ]

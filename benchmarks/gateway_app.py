@@ -2,8 +2,7 @@
 
 Served with ``sluice gateway benchmarks/gateway_app.py`` (gateway + runtime, no dispatcher, so
 queued messages stay put). ``python gateway_app.py hello --port N`` runs Sluice's `HttpServer`
-with a handler answering a fixed 200, which is row (1): the chosen server's bare hello world
-(``--cpu-placement dedicated``: on the CPU a gateway's loop gets with that placement).
+with a handler answering a fixed 200, which is row (1): the chosen server's bare hello world.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from sluice.app import App, FixedResponse
 from sluice.gateway.config import GatewayConfig
 from sluice.gateway.server import HttpServer
 from sluice.gateway.wire import Request, Response
-from sluice.placement import Placement
 
 HELLO = b"Hello, world!"
 QUEUE = "bench"
@@ -68,16 +66,7 @@ def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description="Sluice's HTTP server, answering hello world.")
     parser.add_argument("mode", choices=["hello"])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument(
-        "--cpu-placement",
-        choices=["shared", "dedicated"],
-        default="shared",
-        help="as the gateway's: 'dedicated' keeps the loop on the CPU a gateway's loop would get",
-    )
     args = parser.parse_args(argv)
-    placement = Placement.plan(args.cpu_placement)
-    if placement is not None:
-        placement.pin_loop()
     raise_nofile()
     uvloop.run(serve_hello(args.port))
 

@@ -23,7 +23,6 @@ FILE_KEYS = {
     "port": "port",
     "max_environments": "max_environments",
     "control_token": "control_token",
-    "cpu_placement": "cpu_placement",
 }
 
 
@@ -69,8 +68,6 @@ class Settings:
     # (sluice dev), and to clients presenting this bearer token.
     control_loopback: bool = False
     control_token: str | None = None
-    # A gateway's event loop on a CPU of its own ("dedicated") or not ("shared"): sluice.placement.
-    cpu_placement: str = "shared"
     log_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,8 +101,6 @@ class Settings:
             values["max_environments"] = int(env["SLUICE_MAX_ENVIRONMENTS"])
         if "SLUICE_CONTROL_TOKEN" in env:
             values["control_token"] = env["SLUICE_CONTROL_TOKEN"]
-        if "SLUICE_CPU_PLACEMENT" in env:
-            values["cpu_placement"] = env["SLUICE_CPU_PLACEMENT"]
         if "SLUICE_REGION" in env:
             values["region"] = env["SLUICE_REGION"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,6 @@ from sluice.dispatch.async_invoke import async_queue_configs, submit_async
 from sluice.dispatch.dispatcher import Dispatcher
 from sluice.errors import ValidationError
 from sluice.limits.contract import Limiter
-from sluice.placement import Placement
 from sluice.runtime.contract import InvocationResult
 
 log = logging.getLogger("sluice.platform")
@@ -45,19 +43,15 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def open_broker(
-    settings: Settings, *, send_process: bool = False, cpus: Collection[int] | None = None
-) -> Broker:
+def open_broker(settings: Settings, *, send_process: bool = False) -> Broker:
     """The broker ``settings`` name. ``send_process``: an embedded (SQLite) broker commits sends
-    in a child process, off this process's event loop (what a gateway wants), on ``cpus``."""
+    in a child process, off this process's event loop (what a gateway wants)."""
     url = settings.broker_url
     if url is None or url.startswith("sqlite:"):
         from sluice.broker.sqlite import SQLiteBroker
 
         path = url.removeprefix("sqlite:///").removeprefix("sqlite://") if url else None
-        return SQLiteBroker(
-            path or settings.broker_path, send_process=send_process, send_process_cpus=cpus
-        )
+        return SQLiteBroker(path or settings.broker_path, send_process=send_process)
     if url.startswith(("redis://", "rediss://", "redis+cluster://")):
         from sluice.broker.redis import RedisBroker
 
@@ -107,10 +101,7 @@ class Platform:
 
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        # Only a gateway's loop gets a CPU of its own: every request passes through it.
-        placement = Placement.plan(s.cpu_placement) if roles.http else None
-        others = placement.others if placement is not None else None
-        self.broker = open_broker(s, send_process=roles.http, cpus=others)
+        self.broker = open_broker(s, send_process=roles.http)
         await self.broker.start()
         for queue in self.app.queues.values():
             await self.broker.create_queue(queue)
@@ -123,7 +114,6 @@ class Platform:
             limiter=self.limiter,
             log_dir=s.logs,
             max_environments=s.max_environments,
-            cpus=others,
         )
         await self.runtime.start()
         if roles.dispatch:
@@ -133,8 +123,6 @@ class Platform:
             self.dispatcher.start()
         if roles.http:
             await self._start_gateway()
-        if placement is not None:
-            placement.pin_loop()  # its helper threads, started by now, keep every CPU
 
     async def _start_gateway(self) -> None:
         self.gateway = self.build_gateway()

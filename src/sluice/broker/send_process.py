@@ -33,7 +33,7 @@ import sqlite3
 import sys
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -44,7 +44,6 @@ from sluice.broker.contract import OutgoingMessage
 from sluice.broker.groupcommit import Checkpointer, Operation, Outcome, commit_group
 from sluice.errors import SluiceError, Unavailable, ValidationError, error_for
 from sluice.futures import settle_with
-from sluice.placement import place
 
 log = logging.getLogger("sluice.broker")
 
@@ -96,10 +95,8 @@ class SendProcess:
         path: Path,
         pragmas: Mapping[str, str | int],
         clock_ms: Callable[[], int] = lambda: round(time.time() * 1000),
-        cpus: Collection[int] | None = None,
     ) -> None:
         self.path = path
-        self.cpus = cpus  # where the child runs (None: anywhere)
         self.pragmas = dict(pragmas)
         self.clock_ms = clock_ms
         self._transport: asyncio.SubprocessTransport | None = None
@@ -133,7 +130,6 @@ class SendProcess:
             except OSError as error:
                 raise Unavailable(f"the SQLite send process could not start: {error}") from None
             self._transport = transport
-            place(transport.get_pid(), self.cpus)
             self._stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
             done, _ = await asyncio.wait(
                 [self._ready, self._ended], timeout=START_TIMEOUT, return_when=FIRST_COMPLETED

@@ -23,7 +23,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -400,14 +400,12 @@ class SQLiteBroker:
         clock: Callable[[], float] = time.time,
         pragmas: Mapping[str, str | int] | None = None,
         send_process: bool = False,
-        send_process_cpus: Collection[int] | None = None,
     ) -> None:
         """``pragmas`` are applied to every connection after the broker's own (e.g.
         ``{"max_page_count": n}`` caps the file's size: sends beyond it raise `Unavailable`).
         With ``send_process``, sends to standard queues are committed by a child process
         (`send_process.SendProcess`) instead of this process's writer thread: for a process
-        whose event loop is busy with other work, such as a gateway; it runs on
-        ``send_process_cpus`` (None: any CPU)."""
+        whose event loop is busy with other work, such as a gateway."""
         self.path = Path(path)
         self._clock = clock
         extra = dict(pragmas or {})
@@ -423,9 +421,7 @@ class SQLiteBroker:
         self._queues = QueueCache()  # the writer thread's
         self._send_standard = partial(send_standard, self._queues)
         self._send_standard_alone = partial(send_standard_alone, self._queues)
-        self._send_process = (
-            SendProcess(self.path, extra, self._now, send_process_cpus) if send_process else None
-        )
+        self._send_process = SendProcess(self.path, extra, self._now) if send_process else None
         self._sending: set[asyncio.Task[Any]] = set()  # `send_soon`'s tasks, kept till done
         self._ids = _Ids()
 

@@ -118,13 +118,6 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
     f = click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")(f)
     f = click.option("--port", type=int, default=None, help="HTTP port (default 8080).")(f)
-    f = click.option(
-        "--cpu-placement",
-        type=click.Choice(["shared", "dedicated"]),
-        default=None,
-        help="'dedicated': the gateway's event loop keeps one CPU, functions get the others "
-        "(default 'shared', or $SLUICE_CPU_PLACEMENT).",
-    )(f)
     return click.argument("app_ref", metavar="APP", required=False)(f)
 
 
@@ -161,7 +154,6 @@ def dev(
     port: int | None,
     host: str | None,
     data_dir: Path | None,
-    cpu_placement: str | None,
     access_log: str | None,
 ) -> None:
     """Run APP (path/to/app.py or package.module:app) with every part in one process tree."""
@@ -171,9 +163,7 @@ def dev(
         fail("missing APP: sluice dev path/to/app.py", 2)
     _enable_access_log(access_log)
 
-    settings = settings_of(ctx).with_(
-        control_loopback=True, **_hp(host, port, data_dir, cpu_placement)
-    )
+    settings = settings_of(ctx).with_(control_loopback=True, **_hp(host, port, data_dir))
     _serve(settings, app_ref, Roles(dispatch=True, http=True))
 
 
@@ -201,7 +191,6 @@ def gateway(
     port: int | None,
     host: str | None,
     data_dir: Path | None,
-    cpu_placement: str | None,
     app_name: str | None,
     poll_interval: float,
     access_log: str | None,
@@ -211,7 +200,7 @@ def gateway(
     from sluice.platform import Roles
 
     _enable_access_log(access_log)
-    settings = settings_of(ctx).with_(**_hp(host, port, data_dir, cpu_placement))
+    settings = settings_of(ctx).with_(**_hp(host, port, data_dir))
     _serve_either(settings, app_ref, app_name, Roles(dispatch=False, http=True), poll_interval)
 
 
@@ -293,10 +282,8 @@ def _follow(settings: Settings, app_name: str, roles: Any, poll_interval: float)
     _run_until_stopped(serve())
 
 
-def _hp(
-    host: str | None, port: int | None, data_dir: Path | None, cpu_placement: str | None = None
-) -> dict[str, Any]:
-    options = {"host": host, "port": port, "data_dir": data_dir, "cpu_placement": cpu_placement}
+def _hp(host: str | None, port: int | None, data_dir: Path | None) -> dict[str, Any]:
+    options = {"host": host, "port": port, "data_dir": data_dir}
     return {k: v for k, v in options.items() if v is not None}
 
 

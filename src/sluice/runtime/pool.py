@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,6 @@ class Runtime:
         log_dir: Path | None = None,
         max_environments: int = 1000,  # Lambda's default account concurrency
         poll_interval: float = 0.025,  # how often running environments' memory is checked
-        cpus: Collection[int] | None = None,  # where environments run (None: anywhere)
     ) -> None:
         self._app_ref = app_ref
         self._specs = dict(functions)
@@ -86,7 +85,6 @@ class Runtime:
         self._request_ids = RequestIds()
         self._max_environments = max_environments
         self._poll_interval = poll_interval
-        self._cpus = cpus
         self._pools = {name: _FunctionPool(spec) for name, spec in self._specs.items()}
         self._by_pid: dict[int, EnvironmentHandle] = {}
         self._busy: set[EnvironmentHandle] = set()
@@ -406,9 +404,7 @@ class Runtime:
             if self._template is None or not self._template.running:
                 if self._template is not None:
                     await self._template.close()
-                template = TemplateProcess(
-                    self._app_ref, self._on_exit, self._on_template_lost, self._cpus
-                )
+                template = TemplateProcess(self._app_ref, self._on_exit, self._on_template_lost)
                 await template.start()
                 self._template = template
             return self._template

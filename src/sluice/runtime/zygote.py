@@ -8,10 +8,9 @@ import itertools
 import os
 import socket
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
-from sluice.placement import place
 from sluice.runtime import wire
 from sluice.runtime.environment import EnvironmentConfig
 from sluice.runtime.loader import AppLoadError
@@ -27,10 +26,8 @@ class TemplateProcess:
         app_ref: str,
         on_exit: Callable[[int, int], None],
         on_lost: Callable[[], None] = lambda: None,
-        cpus: Collection[int] | None = None,
     ) -> None:
         self._app_ref = app_ref
-        self._cpus = cpus  # where it and the environments it forks run (None: anywhere)
         self._on_exit = on_exit  # (pid, raw wait status) of each environment that ended
         self._on_lost = on_lost  # the template is gone: no more exit notices will come
         self._sock: socket.socket | None = None
@@ -60,7 +57,6 @@ class TemplateProcess:
                 pass_fds=[theirs.fileno()],
                 stdin=asyncio.subprocess.DEVNULL,
             )
-            place(self._proc.pid, self._cpus)  # before it forks any environment
         finally:
             theirs.close()
         ours.setblocking(False)

@@ -1,8 +1,7 @@
 """The gateway against its goals (issue 3), every row in one run on this machine:
 
     .venv/bin/python benchmarks/gateway_bench.py [--rounds 3] [--duration 5] [--connections 64] \
-        [--hold-connections 10000] [--hold-duration 10] [--rows 1 3] [--sweep 128 256] \
-        [--no-dedicated]
+        [--hold-connections 10000] [--hold-duration 10] [--rows 1 3] [--sweep 128 256]
 
 writes ``benchmarks/results/gateway.{json,md}``. Rows, each its own fresh server process and the
 same wrk settings (one wrk thread: wrk takes one core, the server the other):
@@ -20,12 +19,11 @@ Each Sluice row is compared to the bare server answering the same request: (2) G
 (3) POST to (7) POST, so that the ratio is what Sluice adds, not what a body costs to read. The
 ratio of (3) to the GET hello world (1) is listed beside it.
 
-Variants repeat the goals' rows (1), (2), (7) and (3): "(1d)" etc. with both Sluice servers
-started with ``--cpu-placement dedicated`` (the event loop keeps one CPU, the environments and the
-send process get the other; `sluice.placement`), and "(1@128)" etc. at each ``--sweep``
-connection count instead of ``--connections``. A durable 202 waits for a commit, so the queue
-route's rate grows with the requests in flight while a hello world's does not: the sweep shows
-where each ratio stands at each concurrency.
+Then the goals' rows (1), (2), (7) and (3) again at each ``--sweep`` connection count instead of
+``--connections``: "(1@128)" and so on, in the same rounds. A durable 202 waits for a commit, so
+the queue route's rate grows with the requests in flight while a hello world's does not; a sync
+route needs one execution environment per request in flight. The sweep shows where each ratio
+stands at each concurrency.
 
 The machine is shared, so its load moves during a run: all rows are measured once per round,
 ``--rounds`` times (rows compared by a goal back to back, the order reversed every other round),
@@ -47,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,17 +79,18 @@ GOALS = {"queue_vs_hello": 0.5, "queue_vs_celery": 10.0, "sync_vs_hello": 1 / 3}
 
 @dataclass(frozen=True)
 class Row:
-    key: str  # "1" .. "7"; a variant's adds "d" (dedicated placement) or "@N" (N connections)
+    key: str  # "1" .. "7"; at another connection count "1@128" and so on
     name: str
     server: str  # "hello", "gateway", "fastapi-celery" or "fastapi-hello"
     path: str
     post: bool = False
-    placement: str = "shared"  # the Sluice server's --cpu-placement
     connections: int | None = None  # None: the run's --connections
 
-    def variant(self, suffix: str, label: str, **changes: str | int) -> Row:
-        name = f"({self.key}{suffix}){self.name.split(')', 1)[1]}, {label}"
-        return replace(self, key=self.key + suffix, name=name, **changes)  # type: ignore[arg-type]
+    def at(self, connections: int) -> Row:
+        """This row at ``connections`` connections."""
+        key = f"{self.key}@{connections}"
+        name = f"({key}){self.name.split(')', 1)[1]}, {connections} connections"
+        return replace(self, key=key, name=name, connections=connections)
 
 
 ROWS = (
@@ -113,21 +112,13 @@ BY_KEY = {row.key: row for row in ROWS}
 # Rows compared by a goal are measured back to back ((2) after (1), (3) after (7)), and every
 # other round in reverse order, so that the machine's drift moves both rows of a pair alike.
 MEASURE_ORDER = ("1", "2", "7", "3", "6", "4", "5")
-# The rows a variant repeats (the goals' pairs), in the same order.
-VARIANT_ORDER = ("1", "2", "7", "3")
+# The rows the sweep repeats (the goals' pairs), in the same order.
+SWEPT = ("1", "2", "7", "3")
 
 
-def variants(dedicated: bool, sweep: Sequence[int]) -> list[Row]:
-    """The goals' rows again with the Sluice servers' loop on a CPU of its own, and at each
-    connection count of ``sweep``."""
-    rows = []
-    if dedicated:
-        label = "dedicated CPU placement"
-        rows += [BY_KEY[k].variant("d", label, placement="dedicated") for k in VARIANT_ORDER]
-    for count in sweep:
-        label = f"{count} connections"
-        rows += [BY_KEY[k].variant(f"@{count}", label, connections=count) for k in VARIANT_ORDER]
-    return rows
+def swept(counts: Sequence[int], chosen: Collection[str] = SWEPT) -> list[Row]:
+    """The goals' rows among ``chosen`` again at each connection count of ``counts``."""
+    return [BY_KEY[key].at(count) for count in counts for key in SWEPT if key in chosen]
 
 
 def raise_nofile() -> int:
@@ -202,20 +193,16 @@ class Servers:
         self.sluice = str(Path(sys.executable).parent / "sluice")
         self._count = 0
 
-    def start_args(
-        self, kind: str, placement: str = "shared"
-    ) -> tuple[ManagedProcess, int, Path | None]:
+    def start_args(self, kind: str) -> tuple[ManagedProcess, int, Path | None]:
         port = free_port()
         self._count += 1
         data_dir = None
-        app = str(BENCH_DIR / "gateway_app.py")
         if kind == "hello":
-            argv = [sys.executable, app, "hello", f"--port={port}"]
-            argv.append(f"--cpu-placement={placement}")
+            argv = [sys.executable, str(BENCH_DIR / "gateway_app.py"), "hello", f"--port={port}"]
         elif kind == "gateway":
             data_dir = self.workdir / f"data{self._count}"
+            app = str(BENCH_DIR / "gateway_app.py")
             argv = [self.sluice, f"--data-dir={data_dir}", "gateway", app, f"--port={port}"]
-            argv.append(f"--cpu-placement={placement}")
         else:
             argv = server_argv(kind, port)
         env = bench_env(self.redis_url)
@@ -225,7 +212,7 @@ class Servers:
 def measure_row(
     row: Row, servers: Servers, options: WrkOptions, script: Path, redis_url: str, warmup: int = 1
 ) -> Result:
-    server, port, data_dir = servers.start_args(row.server, row.placement)
+    server, port, data_dir = servers.start_args(row.server)
     url = f"http://127.0.0.1:{port}{row.path}"
     if row.connections is not None:
         options = replace(options, connections=row.connections)
@@ -269,11 +256,7 @@ def measure_row(
             "server rss MB": round(server_rss, 1),
             "tree rss MB": round(memory.rss_mb, 1),
         },
-        settings={
-            **options.settings(),
-            "body": "JSON, POST" if row.post else "GET",
-            "cpu placement": row.placement,
-        },
+        settings={**options.settings(), "body": "JSON, POST" if row.post else "GET"},
     )
 
 
@@ -315,10 +298,10 @@ def median_round(results: list[Result]) -> Result:
 
 
 def verdicts(report: Report, rounds: dict[str, list[Result]]) -> list[str]:
-    """One line per goal whose two rows were measured, for the base rows and then each variant:
-    the ratio of the two rows' median rounds, and beside it the ratio within each round (rows
-    measured minutes apart on a machine whose speed drifts; within a round they are back to
-    back) with its median."""
+    """One line per goal whose two rows were measured, for the base rows and then for each swept
+    connection count: the ratio of the two rows' median rounds, and beside it the ratio within
+    each round (rows measured minutes apart on a machine whose speed drifts; within a round they
+    are back to back) with its median."""
     by_key = {_key(r.name): r.value for r in report.results if r.group == GROUP}
     per_round = {_key(name): [r.value for r in results] for name, results in rounds.items()}
     suffixes = dict.fromkeys(key.lstrip("0123456789") for key in by_key)
@@ -385,19 +368,10 @@ def main(argv: Sequence[str]) -> None:
         metavar="C",
         help="repeat rows 1, 2, 7 and 3 at each of these connection counts (none: --sweep)",
     )
-    parser.add_argument(
-        "--no-dedicated",
-        action="store_true",
-        help="skip rows 1, 2, 7 and 3 with the dedicated CPU placement",
-    )
     args = parser.parse_args(argv)
     chosen = set(args.rows or MEASURE_ORDER)
     rows = [BY_KEY[key] for key in MEASURE_ORDER if key in chosen]
-    rows += [
-        row
-        for row in variants(not args.no_dedicated, args.sweep)
-        if row.key.rstrip("d").split("@")[0] in chosen
-    ]
+    rows += swept(args.sweep, chosen)
     nofile = raise_nofile()
     report = Report(args.name)
     options = WrkOptions(args.duration, args.connections, args.threads)

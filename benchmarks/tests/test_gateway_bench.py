@@ -14,7 +14,7 @@ from gateway_bench import (
     post_script,
     queued,
     raise_nofile,
-    variants,
+    swept,
     verdicts,
 )
 from harness import Report, Result, WrkOptions
@@ -66,15 +66,14 @@ def test_verdicts_compare_against_the_goals() -> None:
     ]
 
 
-def test_variants_repeat_the_goals_rows_dedicated_and_at_each_connection_count() -> None:
-    rows = variants(True, [128])
-    assert [r.key for r in rows] == ["1d", "2d", "7d", "3d", "1@128", "2@128", "7@128", "3@128"]
-    assert rows[3].name == "(3d) queue route, durable 202 (POST JSON), dedicated CPU placement"
-    assert rows[3].placement == "dedicated" and rows[3].post and rows[3].connections is None
-    assert rows[5].connections == 128 and rows[5].placement == "shared"
+def test_the_sweep_repeats_the_goals_rows_at_each_connection_count() -> None:
+    rows = swept([128, 256], chosen={"1", "3", "7"})
+    assert [r.key for r in rows] == ["1@128", "7@128", "3@128", "1@256", "7@256", "3@256"]
+    assert rows[2].name == "(3@128) queue route, durable 202 (POST JSON), 128 connections"
+    assert rows[2].post and rows[2].connections == 128 and rows[2].path == "/enqueue"
 
 
-def test_each_variant_gets_its_own_verdicts_and_the_peer_only_the_base() -> None:
+def test_each_connection_count_gets_its_own_verdicts_and_the_peer_only_the_base() -> None:
     group = "gateway paths, one server process"
     report = Report("t", results_dir=Path("/nonexistent"))
     rounds: dict[str, list[Result]] = {}
@@ -86,8 +85,8 @@ def test_each_variant_gets_its_own_verdicts_and_the_peer_only_the_base() -> None
         ("(1@128) a", 90.0),
         ("(3@128) c", 54.0),
         ("(7@128) e", 90.0),
-        ("(2d) b", 40.0),
-        ("(1d) a", 100.0),
+        ("(2@256) b", 40.0),
+        ("(1@256) a", 100.0),
     ]:
         report.add(Result(group, name, "req/s", value))
         rounds[name] = [Result(group, name, "req/s", value)]
@@ -98,5 +97,5 @@ def test_each_variant_gets_its_own_verdicts_and_the_peer_only_the_base() -> None
         "(3)/(4) = 15.00 (goal >= 10.00: met)",
         "(3@128)/(7@128) = 0.60 (goal >= 0.50: met)",
         "(3@128)/(1@128) = 0.60 (no goal (a cheaper request than (3)'s))",
-        "(2d)/(1d) = 0.40 (goal >= 0.33: met)",
+        "(2@256)/(1@256) = 0.40 (goal >= 0.33: met)",
     ]

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import orjson
 import psutil
 import pytest
 
@@ -360,3 +361,49 @@ async def _malformed_answer(tmp_path: Path, kind: str) -> None:
         [_] = await asyncio.wait_for(broker.send("q", [OutgoingMessage("after")]), 10)
         assert child_pid(broker) != first
         assert await drain(broker, "q") == {"after"}
+
+
+class _RecordingStdin:
+    """The child's stdin, recording the number of sends in each frame written to it."""
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    def write(self, data: bytes) -> None:
+        _, queues = orjson.loads(data[4:])
+        self.frames.append(sum(len(sends) for _, sends in queues))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_frame_smaller_than_the_one_being_committed_waits_for_its_answer(hold: bool) -> None:
+    """One frame in flight: what gathers meanwhile goes to the child once it is at least as many
+    sends as that frame, else with the frame's answer (nothing is lost or answered early). With
+    the rule off, every iteration's sends are written at once."""
+
+    async def main() -> None:
+        process = SendProcess(Path("unused.db"), {})
+        process.hold_smaller_frames = hold
+        stdin = _RecordingStdin()
+        process._stdin = stdin  # type: ignore[assignment]
+        outcomes: list[SendOutcome] = []
+
+        async def sends(n: int) -> None:
+            for i in range(n):
+                process.submit("q", [OutgoingMessage(f"m{i}")], outcomes.append)
+            await asyncio.sleep(0)  # the iteration ends: `_flush` runs
+
+        await sends(3)
+        assert stdin.frames == [3]
+        await sends(2)
+        assert stdin.frames == ([3] if hold else [3, 2])
+        if hold:
+            process._received(orjson.dumps([[f"id{i}"] for i in range(3)]))
+            assert stdin.frames == [3, 2]  # written with the answer it waited for
+            assert outcomes == [["id0"], ["id1"], ["id2"]]
+            await sends(2)  # as many as the frame in flight: written at once
+            assert stdin.frames == [3, 2, 2]
+
+    asyncio.run(main())

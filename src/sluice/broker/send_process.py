@@ -3,12 +3,13 @@
 A gateway's event loop and a writer thread in the same process share one GIL: every group the
 thread commits costs the loop wake-ups and GIL hand-overs, which made a durable queue request cost
 the loop about as much again as the request itself (`benchmarks/gateway_profile.py`). Here the
-loop only encodes its sends and writes them down a pipe, once per event-loop iteration; the child
-runs the same group commit as the writer thread (`groupcommit.commit_group`, `send_standard`) and
-answers each frame once it is committed. A send returns only after that answer: durable as before.
+loop only encodes its sends and writes them down a pipe, at most once per event-loop iteration
+(`SendProcess._flush` says when); the child runs the same group commit as the writer thread
+(`groupcommit.commit_group`, `send_standard`) and answers each frame once it is committed. A send
+returns only after that answer: durable as before.
 
-The pipes carry frames: a little-endian u32 length, then JSON. To the child, one frame per
-event-loop iteration: ``[now, [[queue, [send, ...]], ...]]``, its sends gathered by queue, each
+The pipes carry frames: a little-endian u32 length, then JSON. To the child, each frame is
+``[now, [[queue, [send, ...]], ...]]``, its sends gathered by queue, each
 send a list of messages: the body alone when it has no attributes, delay or ids (nearly always),
 else ``[body, attributes, delay, group_id, deduplication_id]`` (``now`` in milliseconds of the
 broker's clock, taken as the frame is written). From the child: an empty frame once the database

@@ -74,6 +74,9 @@ def open_limiter(settings: Settings) -> Limiter:
 class Roles:
     dispatch: bool = True  # pollers + runtime (a worker)
     http: bool = True  # the gateway
+    # Whether the gateway listens itself; a follower (`sluice.deploy.follower`) serves each
+    # version's gateway from one server of its own.
+    listen: bool = True
 
 
 class Platform:
@@ -121,7 +124,7 @@ class Platform:
                 self.app, self.broker, self.runtime, self.limiter, s, self.submit
             )
             self.dispatcher.start()
-        if roles.http:
+        if roles.http and roles.listen:
             await self._start_gateway()
 
     async def _start_gateway(self) -> None:

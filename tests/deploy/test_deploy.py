@@ -173,3 +173,52 @@ def test_a_config_file_with_an_unknown_or_mistyped_setting_is_refused(tmp_path: 
     config.write_text('port = "80"\n')
     with pytest.raises(ValidationError, match="port must be an integer"):
         read_config_file(config)
+
+
+QUEUE_APP = """
+import sluice
+
+app = sluice.App("queued")
+app.queue("orders")
+app.add_route("POST /orders", "queue:orders")
+"""
+
+
+def test_a_followers_gateway_commits_queue_sends_in_a_send_process(tmp_path: Path) -> None:
+    """`sluice gateway --app-name`: the deployed version's embedded broker is opened as a
+    gateway's (its standard-queue sends committed by a send process), and a POST to its queue
+    route is stored before its 202."""
+    from sluice.deploy.follower import Follower
+    from sluice.platform import Roles
+    from tests.gateway.harness import raw
+
+    source = tmp_path / "src" / "app.py"
+    source.parent.mkdir()
+    source.write_text(QUEUE_APP)
+    settings = Settings(data_dir=tmp_path / "data", port=0)
+
+    async def main() -> None:
+        await with_store(
+            settings.state_path,
+            lambda d: d.deploy("queued", build_bundle(str(source), "app")),
+        )
+        follower = Follower(settings, "queued", Roles(dispatch=False, http=True))
+        try:
+            assert await follower.start()
+            assert follower.current is not None
+            broker = follower.current.platform.broker
+            assert broker._send_process is not None and broker._send_process.running
+            request = (
+                b"POST /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Length: 5\r\n\r\nhello"
+            )
+            assert follower.port is not None
+            answer = await asyncio.to_thread(raw, follower.port, request)
+            assert answer.startswith(b"HTTP/1.1 202"), answer
+            [message] = await broker.receive("orders", 10)
+            assert message.body == "hello"
+        finally:
+            await follower.close()
+            forget_bundles(settings.data_dir / "bundles")
+
+    run(main())

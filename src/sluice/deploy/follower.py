@@ -206,7 +206,9 @@ class Follower:
             log.exception("version %d of %s does not load; not switching", info.version, info.app)
             self._failed.add(info.version)
             return
-        roles = Roles(dispatch=self.roles.dispatch, http=False)
+        # The version's broker is the gateway's (an SQLite one commits sends in a send process);
+        # the follower's own server serves its gateway.
+        roles = Roles(dispatch=self.roles.dispatch, http=self.roles.http, listen=False)
         platform = await start_platform(app, source.ref, self.settings, roles, self._stop)
         if platform is None:
             return

@@ -110,11 +110,9 @@ class SendProcess:
         self._ended: asyncio.Future[None] | None = None  # its output ended
         self._starting: asyncio.Lock | None = None
         self._closed = False
-        # The sends gathered since the last frame, by queue, each beside its callback (and how
-        # many there are); then each written frame's callbacks, in the frame's order, with the
-        # most bytes its answer can take.
+        # The sends gathered since the last frame, by queue, each beside its callback; then each
+        # written frame's callbacks, in the frame's order, with the most bytes its answer can take.
         self._gathering: Gathered = {}
-        self._gathered = 0  # sends in it
         self._flush_soon = False
         self._in_flight: collections.deque[tuple[list[Done], int]] = collections.deque()
 
@@ -188,7 +186,6 @@ class SendProcess:
             gathered = self._gathering[queue] = ([], [])
         gathered[0].append([_carried(m) for m in messages])
         gathered[1].append(done)
-        self._gathered += 1
         if not self._flush_soon and len(self._in_flight) < MAX_FRAMES_IN_FLIGHT:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -197,20 +194,15 @@ class SendProcess:
         """Write what was gathered as one frame, unless the child already has
         `MAX_FRAMES_IN_FLIGHT` to answer, or has one and this would carry fewer sends than it.
         Then the child's next answer writes it, with all gathered until then: one frame, one
-        wake-up of the child, one answer for all of it. (A commit costs mostly the same whatever
-        it holds, its fsync: a small frame queued behind a large one would spend a whole commit
-        on a few sends, and hold up those that arrive meanwhile. At 64 connections the queue route
-        served 35 % more requests with this rule: `benchmarks/send_pipelining.py`.)"""
+        wake-up of the child, one answer for all of it. (A commit's flush costs the same whatever
+        it holds, about half of a 26-send commit in `benchmarks/send_process_cost.py`: a small
+        frame queued behind a large one would spend a whole commit on a few sends, and hold up
+        those that arrive meanwhile. At 64 connections the queue route served 35 % more requests
+        with this rule: `benchmarks/send_pipelining.py`.)"""
         self._flush_soon = False
-        if not self._gathering:
+        if not self._gathering or (not at_once and self._waits()):
             return
-        if not at_once and self._in_flight:
-            if len(self._in_flight) >= MAX_FRAMES_IN_FLIGHT:
-                return
-            if self.hold_smaller_frames and self._gathered < len(self._in_flight[-1][0]):
-                return
         gathered, self._gathering = self._gathering, {}
-        self._gathered = 0
         if self._stdin is None or self._stdin.is_closing():
             _answer(_callbacks(gathered), Unavailable("the SQLite send process is not running"))
             return
@@ -220,6 +212,15 @@ class SendProcess:
             self._stdin.write(_frame(payload))
             bound = _ANSWER_PER_MESSAGE * messages + _ANSWER_PER_SEND * len(callbacks)
             self._in_flight.append((callbacks, bound))
+
+    def _waits(self) -> bool:
+        """Whether what is gathered waits for the child's next answer (see `_flush`)."""
+        if not self._in_flight:
+            return False
+        if len(self._in_flight) >= MAX_FRAMES_IN_FLIGHT:
+            return True
+        gathered = sum(len(callbacks) for _, callbacks in self._gathering.values())
+        return self.hold_smaller_frames and gathered < len(self._in_flight[-1][0])
 
     # -- from the child's pipes ------------------------------------------------------------
 
@@ -280,7 +281,6 @@ class SendProcess:
         while self._in_flight:
             _answer(self._in_flight.popleft()[0], error)
         gathered, self._gathering = self._gathering, {}  # never handed over: not stored
-        self._gathered = 0
         _answer(_callbacks(gathered), Unavailable("the SQLite send process ended"))
 
 

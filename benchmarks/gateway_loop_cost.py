@@ -215,8 +215,7 @@ def main(argv: Sequence[str]) -> None:
         "(higher is more). In-memory transports: no system calls for the client sockets, so "
         "the figures are below what the loop spends under wrk (gateway_profile)."
     )
-    report.write()
-    print(report.markdown())
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -269,8 +269,7 @@ def main(argv: Sequence[str]) -> None:
         "sends the same frames to that child but answers each request at once (the traffic to "
         "the child without the wait for it). None is what Sluice does."
     )
-    report.write()
-    print(report.markdown())
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -83,8 +83,7 @@ def main(argv: Sequence[str]) -> None:
         "time of this process's event-loop thread per request, children µs/req that of the "
         "send processes."
     )
-    report.write()
-    print(report.markdown())
+    report.finish()
 
 
 if __name__ == "__main__":

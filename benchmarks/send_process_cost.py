@@ -171,8 +171,7 @@ def main(argv: Sequence[str]) -> None:
         "without the gateway or wrk beside it. Under gateway load the child shares two vCPUs "
         "with the loop and wrk, so its CPU per message there is higher (gateway_profile)."
     )
-    report.write()
-    print(report.markdown())
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -407,3 +407,36 @@ def test_a_frame_smaller_than_the_one_being_committed_waits_for_its_answer(hold:
             assert stdin.frames == [3, 2, 2]
 
     asyncio.run(main())
+
+
+def test_sends_held_behind_a_frame_fail_as_not_stored_when_the_child_ends() -> None:
+    """The child ends with one frame unanswered and smaller sends held behind it: the frame's
+    sends fail as unknown (the child may have committed them), the held ones as not stored (it
+    never saw them). None is left waiting. Closing instead writes the held frame at once."""
+
+    async def main() -> None:
+        process = SendProcess(Path("unused.db"), {})
+        stdin = _RecordingStdin()
+        process._stdin = stdin  # type: ignore[assignment]
+        outcomes: list[SendOutcome] = []
+        for i in range(3):
+            process.submit("q", [OutgoingMessage(f"m{i}")], outcomes.append)
+        await asyncio.sleep(0)
+        process.submit("q", [OutgoingMessage("held")], outcomes.append)
+        await asyncio.sleep(0)
+        assert stdin.frames == [3]  # the fourth send is held
+        process._gone()
+        assert len(outcomes) == 4 and all(isinstance(o, Unavailable) for o in outcomes)
+        assert all("unknown" in o.message for o in outcomes[:3])  # type: ignore[union-attr]
+        assert "unknown" not in outcomes[3].message  # type: ignore[union-attr]
+
+        closing = SendProcess(Path("unused.db"), {})
+        closing._stdin = stdin = _RecordingStdin()  # type: ignore[assignment]
+        for i in range(3):
+            closing.submit("q", [OutgoingMessage(f"m{i}")], outcomes.append)
+        await asyncio.sleep(0)
+        closing.submit("q", [OutgoingMessage("held")], outcomes.append)
+        closing._flush(at_once=True)  # as `close` does: the child gets it before its input ends
+        assert stdin.frames == [3, 1]
+
+    asyncio.run(main())

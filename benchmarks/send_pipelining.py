@@ -7,7 +7,8 @@ than two are unanswered (the rule before):
 
 Serves, in this process, two gateways of ``gateway_app`` on real SQLite brokers whose sends
 their send processes commit (one with `SendProcess.hold_smaller_frames` off), and loads their
-queue route (POST JSON, durable 202) with wrk at each connection count. Every row is measured
+queue route (POST JSON, durable 202) with wrk at each connection count, recording how many
+sends each frame to a child carried (warm-ups included). Every row is measured
 once per round, the order reversed every other round; each row reports its median round. Writes
 ``benchmarks/results/<name>.{json,md}``.
 """
@@ -22,9 +23,35 @@ from pathlib import Path
 
 from gateway_bench import post_script
 from gateway_profile import gateway_on, in_rounds, measured
-from harness import Result, WrkOptions
+from harness import Result, Scalar, WrkOptions
 
+from sluice.broker.send_process import SendProcess
 from sluice.broker.sqlite import SQLiteBroker
+
+
+class FrameSizes:
+    """The number of sends in each frame a send process writes (recorded from its unanswered
+    frames after each flush: one `len` per frame, nothing per request)."""
+
+    def __init__(self, process: SendProcess) -> None:
+        self.sizes: list[int] = []
+        flush = process._flush
+
+        def recorded(*, at_once: bool = False) -> None:
+            before = len(process._in_flight)
+            flush(at_once=at_once)
+            if len(process._in_flight) > before:
+                self.sizes.append(len(process._in_flight[-1][0]))
+
+        process._flush = recorded  # type: ignore[method-assign]
+
+    def percentiles(self) -> dict[str, Scalar]:
+        """p10 / p50 / p90 of the sends per frame recorded since the last call."""
+        sizes, self.sizes = sorted(self.sizes), []
+        if not sizes:
+            return {}
+        at = [sizes[min(len(sizes) - 1, int(len(sizes) * q))] for q in (0.1, 0.5, 0.9)]
+        return {"sends per frame p10 / p50 / p90": " / ".join(map(str, at))}
 
 
 async def pipelining(
@@ -38,6 +65,7 @@ async def pipelining(
     for broker in (held, eager):
         await broker.start()
     gateways = [await gateway_on(broker) for broker in (held, eager)]
+    frames = [FrameSizes(broker._send_process) for broker in (held, eager)]  # type: ignore[arg-type]
     results: list[Result] = []
     try:
         for count in connections:
@@ -56,8 +84,9 @@ async def pipelining(
                 rounds,
                 "send pipelining",
             )
-            for result in measured_rows:
+            for result, sizes in zip(measured_rows, frames, strict=True):
                 result.group = f"queue route, durable 202, {count} connections"
+                result.extra.update(sizes.percentiles())
             results += measured_rows
     finally:
         for gateway in gateways:
